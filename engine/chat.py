@@ -1,0 +1,1 @@
+"""Chat session (placeholder until the chat issue lands)."""

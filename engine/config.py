@@ -1,0 +1,358 @@
+"""The training configuration: schema, defaults, YAML loading and validation.
+
+Accepts the keys of an ``mlx_lm.lora -c`` YAML file with the same meaning, plus
+our own (``epochs``, ``warmup_steps``, ``base_dtype`` and the memory settings).
+Every value is checked before anything loads; a bad one raises ``ConfigError``
+with one sentence naming the key, the value and what is allowed.
+
+One difference from mlx-lm: ``iters`` counts optimizer updates. One update
+consumes ``batch_size x grad_accumulation_steps`` samples. (In mlx-lm ``iters``
+counts micro-batches.)
+
+Standard library and PyYAML only: the UI validates as you type with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One sentence: the key, the value, what is allowed."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    group: str
+    help: str
+    check: Optional[Callable[[str, Any], Any]] = None  # returns the normalised value or raises
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _int(minimum: int, maximum: Optional[int] = None, allow: tuple = ()) -> Callable:
+    def check(key, v):
+        if v in allow and not isinstance(v, bool):
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise ConfigError(f"{key} is {_fmt(v)}, but it must be a whole number.", key)
+        extra = f" (or {', '.join(map(str, allow))})" if allow else ""
+        if v < minimum or (maximum is not None and v > maximum):
+            rng = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ConfigError(f"{key} is {v}, but it must be {rng}{extra}.", key)
+        return v
+
+    return check
+
+
+def _float(minimum: float, maximum: Optional[float] = None, strict_min: bool = False) -> Callable:
+    def check(key, v):
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{key} is {_fmt(v)}, but it must be a number.", key) from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{key} is {_fmt(v)}, but it must be a finite number.", key)
+        low_bad = v <= minimum if strict_min else v < minimum
+        if low_bad or (maximum is not None and v > maximum):
+            low = f"greater than {minimum}" if strict_min else f"at least {minimum}"
+            rng = low if maximum is None else f"{low} and at most {maximum}"
+            raise ConfigError(f"{key} is {v}, but it must be {rng}.", key)
+        return float(v)
+
+    return check
+
+
+def _choice(*options) -> Callable:
+    def check(key, v):
+        if v not in options:
+            raise ConfigError(
+                f"{key} is {_fmt(v)}, but it must be one of: {', '.join(map(str, options))}.", key
+            )
+        return v
+
+    return check
+
+
+def _bool(key, v):
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key} is {_fmt(v)}, but it must be true or false.", key)
+    return v
+
+
+def _text(key, v):
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{key} is {_fmt(v)}, but it must be a non-empty path or name.", key)
+    return v
+
+
+def _optional_text(key, v):
+    return None if v is None else _text(key, v)
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+LORA_KEYS_DEFAULT = None  # mlx-lm's default: every linear layer of the trained blocks
+
+
+def _lora_parameters(key, v):
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key} is {_fmt(v)}, but it must be a mapping with rank, scale and dropout.", key)
+    allowed = {"rank", "scale", "dropout", "keys", "alpha"}
+    for k in v:
+        if k not in allowed:
+            raise ConfigError(f"{key}.{k} is not a LoRA setting; allowed: rank, scale, dropout, keys.", f"{key}.{k}")
+    if "alpha" in v and "scale" not in v:
+        raise ConfigError(
+            f"{key}.alpha is {_fmt(v['alpha'])}, but mlx-lm uses scale, not alpha: set {key}.scale "
+            f"(alpha / rank is the usual equivalent).",
+            f"{key}.alpha",
+        )
+    out = {
+        "rank": _int(1, 4096)(f"{key}.rank", v.get("rank", 8)),
+        "scale": _float(0.0, strict_min=True)(f"{key}.scale", v.get("scale", 20.0)),
+        "dropout": _float(0.0, 0.9)(f"{key}.dropout", v.get("dropout", 0.0)),
+    }
+    keys = v.get("keys")
+    if keys is not None:
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(
+                f"{key}.keys is {_fmt(keys)}, but it must be a list of module names such as "
+                f"self_attn.q_proj.",
+                f"{key}.keys",
+            )
+        out["keys"] = list(keys)
+    return out
+
+
+def _lr_schedule(key, v):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return _choice(*LR_SCHEDULES)(key, v)
+    if isinstance(v, dict):  # mlx-lm form: {name, arguments, warmup, warmup_init}
+        name = v.get("name")
+        if name not in ("cosine_decay", "linear_schedule", "exponential_decay", "step_decay"):
+            raise ConfigError(
+                f"{key}.name is {_fmt(name)}, but it must be one of: cosine_decay, linear_schedule, "
+                f"exponential_decay, step_decay (or set {key} to constant, cosine or linear).",
+                f"{key}.name",
+            )
+        args = v.get("arguments")
+        if not isinstance(args, list) or not args or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
+        ):
+            raise ConfigError(f"{key}.arguments is {_fmt(args)}, but it must be a list of numbers.", f"{key}.arguments")
+        for k in v:
+            if k not in ("name", "arguments", "warmup", "warmup_init"):
+                raise ConfigError(f"{key}.{k} is not a schedule setting; allowed: name, arguments, warmup, warmup_init.", f"{key}.{k}")
+        out = {"name": name, "arguments": [float(a) for a in args]}
+        if "warmup" in v:
+            out["warmup"] = _int(0)(f"{key}.warmup", v["warmup"])
+        if "warmup_init" in v:
+            out["warmup_init"] = _float(0.0)(f"{key}.warmup_init", v["warmup_init"])
+        return out
+    raise ConfigError(
+        f"{key} is {_fmt(v)}, but it must be one of {', '.join(LR_SCHEDULES)} or an mlx-lm schedule mapping.", key
+    )
+
+
+def _optimizer_config(key, v):
+    if not isinstance(v, dict) or not all(isinstance(x, dict) for x in v.values()):
+        raise ConfigError(f"{key} is {_fmt(v)}, but it must map an optimizer name to its settings.", key)
+    return v
+
+
+SETTINGS: list[Setting] = [
+    # model and data
+    Setting("model", None, "model and data", "Local MLX model folder, or a Hugging Face id.", _optional_text),
+    Setting("data", "data", "model and data", "Folder with train.jsonl and valid.jsonl.", _text),
+    Setting("fine_tune_type", "lora", "model and data", "lora, dora or full.", _choice("lora", "dora", "full")),
+    Setting("base_dtype", "auto", "model and data",
+            "Dtype of the frozen base: auto keeps a quantized base quantized on a GPU and "
+            "dequantizes to float32 on a CPU backend.",
+            _choice("auto", "float32", "bfloat16", "float16", "keep")),
+    Setting("mask_prompt", False, "model and data", "Train only on the assistant's answer.", _bool),
+    Setting("max_seq_length", 512, "model and data", "Longer examples are truncated.", _int(8, 131072)),
+    # training
+    Setting("batch_size", 4, "training", "Samples per micro-batch.", _int(1, 4096)),
+    Setting("grad_accumulation_steps", 1, "training",
+            "Micro-batches averaged into one optimizer update.", _int(1, 1024)),
+    Setting("epochs", None, "training", "Passes over the training data (instead of iters).",
+            lambda k, v: None if v is None else _float(0.0, 10000, strict_min=True)(k, v)),
+    Setting("iters", None, "training",
+            "Optimizer updates to train for (one update = batch_size x grad_accumulation_steps samples).",
+            lambda k, v: None if v is None else _int(1)(k, v)),
+    Setting("learning_rate", 1e-4, "training", "Peak learning rate.", _float(0.0, 1.0, strict_min=True)),
+    Setting("optimizer", "adam", "training", "adam, adamw, sgd or adafactor.",
+            _choice("adam", "adamw", "sgd", "adafactor")),
+    Setting("optimizer_config", {}, "training", "Extra optimizer settings, as in mlx-lm.", _optimizer_config),
+    Setting("grad_checkpoint", False, "training", "Recompute activations to save memory.", _bool),
+    Setting("seed", 0, "training", "Seed for the data order, LoRA init and dropout.", _int(0, 2**31 - 1)),
+    # LoRA
+    Setting("num_layers", 16, "lora", "Transformer blocks to adapt, from the last (-1 for all).",
+            _int(1, 100000, allow=(-1,))),
+    Setting("lora_parameters", {"rank": 8, "scale": 20.0, "dropout": 0.0}, "lora",
+            "rank, scale, dropout and optional keys (module names).", _lora_parameters),
+    # schedule
+    Setting("lr_schedule", None, "schedule", "constant, cosine or linear (decay after warmup).", _lr_schedule),
+    Setting("warmup_steps", 0, "schedule", "Updates of linear warmup from 0 to the learning rate.", _int(0)),
+    Setting("min_lr_ratio", 0.1, "schedule", "Where cosine/linear decay ends, as a share of the peak.",
+            _float(0.0, 1.0)),
+    # checkpoints and reporting
+    Setting("steps_per_report", 10, "checkpoints", "Updates between loss reports in the log.", _int(1)),
+    Setting("steps_per_eval", 200, "checkpoints", "Updates between validations.", _int(1)),
+    Setting("val_batches", 25, "checkpoints", "Validation batches (-1 for the whole set).", _int(1, allow=(-1,))),
+    Setting("save_every", 100, "checkpoints", "Updates between checkpoints.", _int(1)),
+    Setting("keep_checkpoints", 3, "checkpoints", "Newest periodic checkpoints kept (0 keeps all).", _int(0)),
+    # memory
+    Setting("clear_cache_every", 10, "memory", "Clear MLX's buffer cache every N updates (0: never).", _int(0)),
+    Setting("low_memory_gb", 2.0, "memory",
+            "Clear the cache whenever system available memory falls under this (GB).", _float(0.0)),
+    Setting("memory_guard_gb", 0.75, "memory",
+            "Checkpoint and stop when available memory falls under this (GB; 0: off).", _float(0.0)),
+]
+
+BY_KEY = {s.key: s for s in SETTINGS}
+GROUPS = ["model and data", "training", "lora", "schedule", "checkpoints", "memory"]
+
+# mlx_lm.lora keys that make sense there but not in a run of ours: accepted, ignored.
+IGNORED_MLX_LM_KEYS = {
+    "train", "test", "test_batches", "adapter_path", "resume_adapter_file", "report_to",
+    "project_name", "trust_remote_code", "config", "hf_dataset", "prompt_feature",
+    "completion_feature", "chat_feature", "text_feature", "wandb", "clear_cache_threshold",
+}
+
+
+def defaults() -> dict:
+    return {s.key: copy.deepcopy(s.default) for s in SETTINGS}
+
+
+def validate(raw: dict, *, require_model: bool = True) -> tuple[dict, list[str]]:
+    """Check every key; return the resolved config and notes on ignored keys.
+
+    Raises ConfigError on the first bad value.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("The config must be a YAML mapping of keys to values.")
+    notes = []
+    out = defaults()
+    for key, value in raw.items():
+        if key in IGNORED_MLX_LM_KEYS:
+            notes.append(f"{key} is an mlx_lm.lora option that farense-tui sets itself; it is ignored.")
+            continue
+        setting = BY_KEY.get(key)
+        if setting is None:
+            close = difflib.get_close_matches(str(key), BY_KEY, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{key} is not a known setting.{hint}", str(key))
+        out[key] = setting.check(key, value) if setting.check else value
+    if require_model and not out["model"]:
+        raise ConfigError("model is not set: name a local MLX model folder or a Hugging Face id.", "model")
+    if out["epochs"] is not None and out["iters"] is not None:
+        raise ConfigError("epochs and iters are both set; set only one of them.", "epochs")
+    if out["epochs"] is None and out["iters"] is None:
+        out["epochs"] = 1.0
+    return out, notes
+
+
+def effective_batch_size(cfg: dict) -> int:
+    return int(cfg["batch_size"]) * int(cfg["grad_accumulation_steps"])
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML config (ours or mlx_lm.lora's); raises ConfigError for a file that is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"The config file {p} does not exist; check the path.")
+    try:
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p} is not valid YAML{where}; fix the syntax and try again.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text; save it as UTF-8 and try again.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p} must hold a mapping of settings, not a {type(raw).__name__}.")
+    return raw
+
+
+def load(path: str | os.PathLike, *, require_model: bool = True) -> dict:
+    """Load and validate. Relative paths stay relative to the working directory, as in mlx_lm.lora."""
+    cfg, _ = validate(load_yaml(path), require_model=require_model)
+    return cfg
+
+
+def dump_yaml(cfg: dict) -> str:
+    ordered = {s.key: cfg[s.key] for s in SETTINGS if s.key in cfg}
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside the target, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
+    atomic_write_text(path, dump_yaml(cfg))
+
+
+def command_line(config_path: str = "config.yaml", run_dir: str = "checkpoints/run") -> str:
+    """The headless command that trains a saved config (the Config tab's preview)."""
+    return f"farense-tui train --config {config_path} --run-dir {run_dir}"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-5 as a string; read it as a float, as mlx_lm.lora does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)

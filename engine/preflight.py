@@ -1,0 +1,1 @@
+"""Preflight checks (placeholder until the preflight issue lands)."""

@@ -1,0 +1,212 @@
+"""The engine process: commands in on stdin, events out on the protocol stream.
+
+At start the real stdout is kept as the protocol stream and file descriptor 1 is pointed at
+stderr, so whatever mlx, mlx-lm or a C library prints can never corrupt the protocol.
+A reader thread turns stdin lines into commands on a queue; the main thread runs the MLX
+work and polls the queue between steps (pause, resume, stop, cancel).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Callable, Optional, TextIO
+
+from . import __version__
+from . import protocol as P
+
+
+class Context:
+    """What a command handler gets: emit events, poll commands, know if it must stop."""
+
+    def __init__(self, out: TextIO):
+        self._out = out
+        self._lock = threading.Lock()
+        self._tees: list[TextIO] = []
+        self.commands: "queue.Queue[P.Record]" = queue.Queue()
+        self.stop_requested = threading.Event()  # set by stop, shutdown, SIGINT, SIGTERM
+        self.shutdown_requested = threading.Event()
+        self.stdin_closed = threading.Event()
+
+    # -- events
+    def emit(self, record: P.Record) -> None:
+        line = record.to_line() + "\n"
+        with self._lock:
+            for tee in self._tees:
+                tee.write(line)
+                tee.flush()
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the UI went away; the run folder still gets every event
+
+    def tee(self, f: Optional[TextIO]) -> None:
+        """Also write every event to f (a run's events.jsonl); None removes all tees."""
+        with self._lock:
+            if f is None:
+                self._tees.clear()
+            else:
+                self._tees.append(f)
+
+    def warn(self, message: str, code: str = "") -> None:
+        self.emit(P.Warning(message=message, code=code))
+
+    def log(self, message: str) -> None:
+        self.emit(P.Log(message=message))
+
+    # -- commands
+    def poll(self) -> Optional[P.Record]:
+        try:
+            return self.commands.get_nowait()
+        except queue.Empty:
+            return None
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[P.Record]:
+        try:
+            return self.commands.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+Handler = Callable[[Context, P.Record], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*kinds: type) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for kind in kinds:
+            HANDLERS[kind.type] = fn
+        return fn
+
+    return register
+
+
+def describe_device() -> tuple[str, str, str]:
+    """(device, mlx version, mlx-lm version)."""
+    import mlx.core as mx
+
+    try:
+        import mlx_lm
+
+        lm_version = getattr(mlx_lm, "__version__", "")
+    except Exception:  # noqa: BLE001 - an absent mlx-lm is reported, not fatal here
+        lm_version = "missing"
+    dev = mx.default_device()
+    kind = "gpu" if dev.type == mx.gpu else "cpu"
+    if kind == "gpu":
+        backend = "metal" if mx.metal.is_available() else "cuda"
+        name = f"{backend} gpu"
+    else:
+        name = "cpu"
+    return name, mx.__version__, lm_version
+
+
+def loaded_blas() -> str:
+    """Which BLAS serves MLX: accelerate (macOS), openblas (a system OpenBLAS mapped into the
+    process, e.g. through LD_PRELOAD) or reference (the wheel's bundled reference BLAS).
+    NumPy's own bundled OpenBLAS (scipy_openblas) does not serve MLX and is not counted."""
+    if sys.platform == "darwin":
+        return "accelerate"
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        name = os.path.basename(path)
+        if "scipy_openblas" in name or "numpy" in path:
+            continue
+        if "openblas" in path:
+            return "openblas"
+    return "reference"
+
+
+def _reader(ctx: Context, stdin: TextIO) -> None:
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = P.parse_command(line)
+        except P.ProtocolError as e:
+            ctx.emit(P.Error(message=f"Bad command: {e}. Send one JSON object per line.", code="protocol"))
+            continue
+        if isinstance(cmd, (P.Stop, P.Shutdown)):
+            ctx.stop_requested.set()
+        if isinstance(cmd, P.Shutdown):
+            ctx.shutdown_requested.set()
+        ctx.commands.put(cmd)
+    ctx.stdin_closed.set()
+    ctx.shutdown_requested.set()
+    ctx.stop_requested.set()
+    ctx.commands.put(P.Shutdown())
+
+
+def _install_signals(ctx: Context) -> None:
+    def on_signal(signum, frame):
+        ctx.stop_requested.set()
+        ctx.commands.put(P.Stop())
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def take_protocol_stream() -> TextIO:
+    """Keep the real stdout for the protocol; send fd 1 (prints, C output) to stderr."""
+    sys.stdout.flush()
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "w", encoding="utf-8", buffering=1)
+
+
+def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
+    # handlers register themselves on import
+    from . import chat, preflight, trainer  # noqa: F401
+
+    device, mlx_version, lm_version = describe_device()
+    ctx.emit(P.Hello(
+        protocol=P.PROTOCOL_VERSION, engine_version=__version__, mlx_version=mlx_version,
+        mlx_lm_version=lm_version, device=device, blas=loaded_blas(), pid=os.getpid(),
+        platform=f"{platform.system()} {platform.machine()}",
+    ))
+    ctx.emit(P.State(state="idle"))
+    if start_reader is not None:
+        start_reader()  # only now, so hello is always the first event
+    while True:
+        cmd = ctx.wait()
+        if cmd is None or isinstance(cmd, P.Shutdown):
+            return 0
+        if isinstance(cmd, (P.Stop, P.Pause, P.Resume, P.Cancel)):
+            ctx.stop_requested.clear()
+            continue  # nothing running to act on
+        handler = HANDLERS.get(cmd.type)
+        if handler is None:
+            ctx.emit(P.Error(message=f"The engine cannot handle {cmd.type!r} commands yet.", code="unsupported"))
+            continue
+        try:
+            handler(ctx, cmd)
+        except Exception as e:  # noqa: BLE001 - every failure reaches the UI whole
+            ctx.emit(P.Error(message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()))
+        if ctx.shutdown_requested.is_set():
+            return 0
+        ctx.stop_requested.clear()
+        ctx.emit(P.State(state="idle"))
+
+
+def main() -> int:
+    out = take_protocol_stream()
+    ctx = Context(out)
+    _install_signals(ctx)
+    reader = threading.Thread(target=_reader, args=(ctx, sys.stdin), daemon=True)
+    try:
+        return run(ctx, reader.start)
+    except Exception as e:  # noqa: BLE001
+        ctx.emit(P.Error(message=f"The engine failed: {type(e).__name__}: {e}", traceback=traceback.format_exc()))
+        return 1

@@ -1,0 +1,131 @@
+"""Start the engine subprocess and talk to it: commands in, parsed events out.
+
+Used by the headless commands and the TUI alike. Imports no mlx.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from engine import protocol as P
+
+DEBIAN_OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+
+
+def openblas_path() -> Optional[str]:
+    """Debian's OpenBLAS, if installed (Linux only). MLX's Linux wheel links a reference BLAS that
+    runs float32 matmuls ~40x slower; loading OpenBLAS first makes MLX use it instead."""
+    if not sys.platform.startswith("linux"):
+        return None
+    override = os.environ.get("FARENSE_OPENBLAS")
+    if override is not None:
+        return override if override and Path(override).exists() else None
+    return DEBIAN_OPENBLAS if Path(DEBIAN_OPENBLAS).exists() else None
+
+
+def engine_env(base: Optional[dict] = None) -> dict:
+    env = dict(os.environ if base is None else base)
+    blas = openblas_path()
+    if blas and blas not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = ":".join(p for p in (blas, env.get("LD_PRELOAD", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    # the engine must find the project's packages even when run from a checkout
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def engine_command(module: str = "engine", args: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class EngineProcess:
+    """One engine subprocess. ``events()`` yields parsed events until the engine's stdout closes."""
+
+    def __init__(self, argv: Optional[Sequence[str]] = None, env: Optional[dict] = None,
+                 stderr_lines: int = 40, cwd: Optional[str] = None):
+        self.argv = list(argv) if argv else engine_command()
+        self.env = engine_env(env)
+        self.cwd = cwd
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
+        self.proc: Optional[subprocess.Popen] = None
+        self._send_lock = threading.Lock()
+
+    def start(self) -> "EngineProcess":
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+        )
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        return self
+
+    def _drain_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        for line in self.proc.stderr:
+            self.stderr_tail.append(line.rstrip("\n"))
+
+    def send(self, record: P.Record) -> bool:
+        """Send a command; False if the engine is gone."""
+        if not self.proc or self.proc.poll() is not None or not self.proc.stdin:
+            return False
+        with self._send_lock:
+            try:
+                self.proc.stdin.write(record.to_line() + "\n")
+                self.proc.stdin.flush()
+                return True
+            except (BrokenPipeError, OSError, ValueError):
+                return False
+
+    def events(self) -> Iterator[P.Record]:
+        """Parsed events; a line that is not protocol becomes an ``error`` event, never a crash."""
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            if not line.strip():
+                continue
+            try:
+                yield P.parse_event(line)
+            except P.ProtocolError as e:
+                yield P.Error(message=f"The engine wrote a line that is not protocol ({e}).", code="protocol")
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        assert self.proc
+        return self.proc.wait(timeout)
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.poll() if self.proc else None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the engine to shut down; terminate it if it does not."""
+        if not self.proc:
+            return
+        if self.proc.poll() is None:
+            self.send(P.Shutdown())
+            try:
+                if self.proc.stdin:
+                    self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+    def crash_report(self) -> str:
+        """One sentence for an engine that died, with its last stderr lines."""
+        code = self.returncode
+        tail = "\n".join(self.stderr_tail) or "(no output on stderr)"
+        return f"The engine exited unexpectedly (exit code {code}); its last output:\n{tail}"
