@@ -1,0 +1,60 @@
+"""The ``farense-tui`` command: the TUI with no arguments, headless subcommands otherwise.
+
+Each subcommand owns its arguments. Those that need MLX run in the engine's process
+(``python -m engine...``), so this process never imports mlx.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+from .engine_client import engine_command, engine_env
+
+# name -> (where it runs, what it does)
+SUBCOMMANDS = {
+    "train": ("farense_tui.commands.train", "train headless: --config FILE --run-dir DIR [--resume]"),
+    "preflight": ("farense_tui.commands.preflight", "check this machine, the data and the model; recommend a config"),
+    "chat": ("farense_tui.commands.chat", "chat with a model and adapter (one-shot with --prompt)"),
+    "data": ("engine.datatools", "build the Farense data set; check, split and measure JSONL files"),
+    "model": ("engine.models", "install the default model; import a GGUF file"),
+    "export": ("engine.export", "export a run's adapter, or fuse it into a standalone model"),
+}
+
+USAGE = "usage: farense-tui [SUBCOMMAND] [ARGS...]\n\nWith no subcommand, opens the terminal app.\n\nsubcommands:\n" + "\n".join(
+    f"  {name:<10} {desc}" for name, (_, desc) in SUBCOMMANDS.items()
+) + "\n\nRun 'farense-tui SUBCOMMAND --help' for its options."
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        from .app import main as app_main
+
+        return app_main() or 0
+    name, rest = args[0], args[1:]
+    if name in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if name in ("-V", "--version"):
+        from . import __version__
+
+        print(f"farense-tui {__version__}")
+        return 0
+    if name not in SUBCOMMANDS:
+        print(f"farense-tui: unknown subcommand {name!r}; run 'farense-tui --help' to see them.", file=sys.stderr)
+        return 2
+    module = SUBCOMMANDS[name][0]
+    if module.startswith("engine."):
+        # MLX-side tools run in their own process, with OpenBLAS preloaded where available
+        try:
+            return subprocess.call(engine_command(module, rest), env=engine_env())
+        except KeyboardInterrupt:
+            return 130
+    return importlib.import_module(module).main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
