@@ -1,0 +1,49 @@
+"""Length-bucketed batches. Pure Python + NumPy, no mlx.
+
+mlx-lm sorts by ``CacheDataset.itemlen``, which is the length of the raw record (a dict of
+one or two keys), not of its tokens, so its sort is a no-op and random batches mix short and
+long examples: most of a batch is padding. We sort by real token length, cut batches of
+similar lengths, and shuffle only the order of batches, seeded per epoch, so an epoch's order
+is a pure function of (seed, epoch) and resume needs only the position in it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PAD_MULTIPLE = 8
+
+
+def bucket_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches; the last, smaller batch is kept."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+TRAIN_STREAM, VALID_STREAM = 0, 1
+
+
+def epoch_order(n_batches: int, seed: int, epoch: int, stream: int = TRAIN_STREAM) -> list[int]:
+    rng = np.random.default_rng([stream, seed, epoch])
+    return rng.permutation(n_batches).tolist()
+
+
+def padded_length(longest: int, max_seq_length: int) -> int:
+    return min(PAD_MULTIPLE * math.ceil(longest / PAD_MULTIPLE), max_seq_length)
+
+
+def padding_efficiency(lengths: list[int], batches: list[list[int]], max_seq_length: int) -> float:
+    """Share of the positions computed that hold real tokens."""
+    real = padded = 0
+    for b in batches:
+        ls = [min(lengths[i], max_seq_length) for i in b]
+        real += sum(ls)
+        padded += len(ls) * padded_length(max(ls), max_seq_length)
+    return real / padded if padded else 0.0
+
+
+def updates_per_epoch(n_batches: int, accumulation: int) -> int:
+    """The trailing remainder of micro-batches makes an update of its own."""
+    return math.ceil(n_batches / accumulation)

@@ -1,0 +1,165 @@
+"""``farense-tui train --config FILE --run-dir DIR [--resume]``: headless training on the engine.
+
+Shows a progress bar with ETA on a terminal, plain lines otherwise; exits 0 when the run
+completes. The engine writes the run folder itself, so this is only a view of its stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from engine import config as C
+from engine import protocol as P
+
+from ..engine_client import EngineProcess
+from ..format import duration, size
+
+EXIT = {"completed": 0, "failed": 1, "memory_guard": 3, "stopped": 130}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="farense-tui train", description="Train headless on the engine.")
+    p.add_argument("--config", help="YAML config (ours or an mlx_lm.lora -c file); optional with --resume")
+    p.add_argument("--run-dir", required=True, help="run folder: events, metrics, checkpoints and adapters go here")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest complete checkpoint")
+    return p
+
+
+class Progress:
+    """A rich progress bar on a terminal, a line per report otherwise."""
+
+    def __init__(self, tty: bool, out=sys.stdout):
+        self.tty = tty
+        self.out = out
+        self.bar = None
+        self.task = None
+        self.report_every = 10
+
+    def start(self, total: int) -> None:
+        if self.tty and self.bar is None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                           TimeRemainingColumn(), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, info="")
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.out, flush=True)
+
+    def step(self, ev: P.Step) -> None:
+        info = (f"epoch {ev.epoch} loss {ev.loss:.3f} lr {ev.learning_rate:.2e} "
+                f"{ev.tokens_per_second:.0f} tok/s mem {size(ev.memory.mlx_active)}")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=ev.step, total=ev.total_steps, info=info)
+        elif ev.step % self.report_every == 0 or ev.step == ev.total_steps or ev.step == 1:
+            self.line(f"update {ev.step}/{ev.total_steps} {info} elapsed {duration(ev.elapsed)} eta {duration(ev.eta)}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: Optional[bool] = None) -> int:
+    raw: dict = {}
+    if args.config:
+        try:
+            raw = C.load_yaml(args.config)
+            C.validate(raw)  # fail fast, before the engine loads anything
+        except C.ConfigError as e:
+            print(f"farense-tui: {e}", file=sys.stderr)
+            return 2
+    elif not args.resume:
+        print("farense-tui: --config is needed to start a run (it is optional only with --resume).", file=sys.stderr)
+        return 2
+    elif not (Path(args.run_dir) / "config.yaml").exists():
+        print(f"farense-tui: {args.run_dir} has no config.yaml to resume from; pass --config.", file=sys.stderr)
+        return 2
+
+    engine = engine or EngineProcess()
+    engine.start()
+    progress = Progress(sys.stdout.isatty() if tty is None else tty)
+    status = None
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            progress.line("stopping: saving a checkpoint (press ctrl+c again to abandon)...")
+            engine.send(P.Stop())
+        else:
+            engine.proc.kill()
+
+    old = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        engine.send(P.Train(config=raw, run_dir=str(args.run_dir), resume=bool(args.resume)))
+        for ev in engine.events():
+            if isinstance(ev, P.Hello):
+                progress.line(f"engine {ev.engine_version} on {ev.device} ({ev.blas} BLAS), mlx {ev.mlx_version}, mlx-lm {ev.mlx_lm_version}")
+            elif isinstance(ev, P.Config):
+                progress.report_every = int(ev.config.get("steps_per_report", 10))
+                if ev.resumed_from:
+                    progress.line(f"resuming from {ev.resumed_from}")
+            elif isinstance(ev, P.Model):
+                q = f", stored {ev.quantization['bits']}-bit" if ev.quantization else ""
+                progress.line(f"model {ev.path}: {ev.parameters / 1e6:.1f}M parameters{q}, base in {ev.base_dtype}, "
+                              f"{ev.trainable_parameters / 1e6:.3f}M trainable")
+            elif isinstance(ev, P.Data):
+                progress.line(f"data: {ev.train_samples} train / {ev.valid_samples} valid ({ev.format}), "
+                              f"{ev.total_updates} updates, {ev.padding_efficiency:.0%} of batch positions are real tokens")
+                progress.start(ev.total_updates)
+            elif isinstance(ev, P.Step):
+                progress.start(ev.total_steps)
+                progress.step(ev)
+            elif isinstance(ev, P.Eval):
+                mark = " (best)" if ev.is_best else ""
+                progress.line(f"update {ev.step}: val_loss {ev.val_loss:.4f}{mark}")
+            elif isinstance(ev, P.Checkpoint):
+                progress.line(f"checkpoint {ev.reason}: {ev.path}")
+            elif isinstance(ev, P.Warning):
+                progress.line(f"warning: {ev.message}")
+            elif isinstance(ev, P.Error):
+                progress.line(f"error: {ev.message}")
+                if ev.traceback:
+                    progress.line(ev.traceback.rstrip())
+            elif isinstance(ev, P.State) and ev.state == "paused":
+                progress.line("paused")
+            elif isinstance(ev, P.Done):
+                status = ev.status
+                progress.stop()
+                s = ev.summary
+                if status == "completed":
+                    best = s.get("best_val_loss")
+                    print(f"done: {s.get('updates')} updates in {duration(s.get('elapsed', 0))}, "
+                          f"{s.get('tokens_per_second', 0):.0f} tok/s, final loss {s.get('final_loss') or 0:.4f}"
+                          + (f", best val_loss {best:.4f} at update {s.get('best_step')}" if best is not None else "")
+                          + f"\nbest adapter: {s.get('adapters')}\nfinal adapter: {s.get('final')}")
+                elif status in ("stopped", "memory_guard"):
+                    print(f"{status}: checkpoint saved at update {s.get('updates')}; continue with "
+                          f"'farense-tui train --run-dir {args.run_dir} --resume'")
+                break
+    finally:
+        progress.stop()
+        signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
+        engine.close()
+    if status is None:
+        print(f"farense-tui: {engine.crash_report()}", file=sys.stderr)
+        return 1
+    return EXIT.get(status, 1)
+
+
+def main(argv: Sequence[str]) -> int:
+    return run(build_parser().parse_args(list(argv)))
