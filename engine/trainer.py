@@ -523,9 +523,6 @@ class Run:
             return
         for path in list_checkpoints(self.run_dir)[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
-        for stale in (self.run_dir / "checkpoints").glob(".tmp-*"):
-            if not stale.name.endswith(f"-{os.getpid()}"):
-                shutil.rmtree(stale, ignore_errors=True)
 
     # ---- evaluation
     def evaluate(self) -> Optional[float]:
@@ -754,6 +751,7 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         if not resume and newest_checkpoint(run_dir) is not None:
             raise TrainingError(f"{run_dir} already holds a run with checkpoints; resume it or choose a new run folder.")
         run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_interrupted_writes(run_dir)
         events_file = open(run_dir / "events.jsonl", "a", encoding="utf-8")
         ctx.tee(events_file)
         for note in notes:
@@ -786,6 +784,21 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         ctx.tee(None)
         events_file.close()
     return done
+
+
+def _remove_interrupted_writes(run_dir: Path) -> None:
+    """Half-written checkpoints of a killed process never got their final name: drop them."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return
+    for old in folder.glob(".old-*"):  # killed between the two renames of a re-save: put it back
+        name = old.name[len(".old-"):].rsplit("-", 1)[0]
+        if not (folder / name).exists():
+            os.replace(old, folder / name)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in folder.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _clear_previous_outputs(run_dir: Path) -> None:

@@ -1,5 +1,5 @@
 """Messages shared across tabs. Engine messages are posted from the engine worker's thread to the
-tabs that follow that engine; high-rate ones (steps, memory, streamed replies) can replace an
+tabs that follow that engine; high-rate ones (steps, streamed replies) can replace an
 unprocessed predecessor, so a backlog collapses to the latest."""
 
 from __future__ import annotations
@@ -38,17 +38,6 @@ class TrainingProgress(EngineMessage):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, TrainingProgress) and message.role == self.role
-
-
-class MemoryReport(EngineMessage):
-    """The latest memory figures (replaceable)."""
-
-    def __init__(self, role: str, memory: P.Memory) -> None:
-        super().__init__(role)
-        self.memory = memory
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, MemoryReport) and message.role == self.role
 
 
 class ReplyProgress(EngineMessage):

@@ -1,0 +1,502 @@
+"""``farense-tui data``: build the Farense data set; check, split and measure JSONL training files.
+
+    python -m engine.datatools build [--sources DIR] [--out DIR] [--seed N] [--force]
+    python -m engine.datatools check FILE...
+    python -m engine.datatools split FILE [--valid-fraction 0.1] [--seed N] --out DIR [--force]
+    python -m engine.datatools stats FILE... --model M [--max-seq-length N]
+
+``check`` and ``split`` are pure Python; ``stats`` loads the model's tokenizer (mlx-lm's loader, so
+the chat template and EOS are those training uses) only when it runs. Preflight reuses
+``check_file``, ``token_lengths`` and ``length_stats``.
+
+What ``check`` accepts is what mlx-lm's loader (``mlx_lm/tuner/datasets.py``) reads, one JSON object
+per line, in the format of the file's FIRST line (mlx-lm picks the dataset class from it):
+
+- chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}`` (optional
+  ``tools`` list), ending with a non-empty assistant message: anything else looks cut short;
+- completions: ``{"prompt": str, "completion": str}``; the prompt may be empty, the completion not;
+- text: ``{"text": str}``, not empty.
+
+A UTF-8 BOM at the start and CRLF line ends are accepted (our loader, ``check_file(...).samples``,
+reads them). Blank lines are problems: ``mlx_lm.lora`` fails on them (``json.loads("")``).
+Problems print as ``FILE:LINE: what is wrong`` (``FILE: ...`` when it is about the whole file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import statistics
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from .config import BY_KEY, atomic_write_text
+
+FORMATS = ("chat", "completions", "text")
+ROLES = ("system", "user", "assistant", "tool")
+BOM = b"\xef\xbb\xbf"
+MAX_PRINTED_PROBLEMS = 50  # per file; the CheckResult keeps them all
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DataToolError(Exception):
+    """A user-facing failure: one sentence saying what to do next."""
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+
+
+@dataclass
+class CheckResult:
+    path: str
+    counts: Counter = field(default_factory=Counter)           # format -> valid examples
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, message); line 0: the whole file
+    samples: list[dict] = field(default_factory=list)          # valid examples, in file order
+    lines: list[str] = field(default_factory=list)             # their JSON text, as written
+    format: Optional[str] = None                                # the first example's format
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem_lines(self) -> list[str]:
+        return [f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}" for line, msg in self.problems]
+
+    def summary(self) -> str:
+        n = sum(self.counts.values())
+        formats = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        probs = "no problems" if self.ok else f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
+        return f"{self.path}: {n} example{'s' * (n != 1)}{f' ({formats})' if formats else ''}, {probs}"
+
+
+def sample_format(obj: Any) -> Optional[str]:
+    """The format mlx-lm would read this object as (its ``create_dataset`` order), or None."""
+    if not isinstance(obj, dict):
+        return None
+    if "prompt" in obj and "completion" in obj:
+        return "completions"
+    if "messages" in obj:
+        return "chat"
+    if "text" in obj:
+        return "text"
+    return None
+
+
+def _type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _chat_problem(obj: dict) -> Optional[str]:
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        return f"'messages' is {_type(messages)}, not a list of messages"
+    if not messages:
+        return "'messages' is empty"
+    if "tools" in obj and obj["tools"] is not None and not isinstance(obj["tools"], list):
+        return f"'tools' is {_type(obj['tools'])}, not a list"
+    for i, m in enumerate(messages, 1):
+        if not isinstance(m, dict):
+            return f"message {i} is {_type(m)}, not an object with role and content"
+        role = m.get("role")
+        if role not in ROLES:
+            return f"message {i} has role {role!r}; use one of {', '.join(ROLES)}"
+        if "content" not in m:
+            if role == "assistant" and m.get("tool_calls"):
+                continue
+            return f"message {i} ({role}) has no 'content'"
+        content = m["content"]
+        if content is None and role == "assistant" and m.get("tool_calls"):
+            continue
+        if not isinstance(content, str):
+            return f"message {i} ({role}) has content that is {_type(content)}; it must be a string"
+    last = messages[-1]
+    if last["role"] != "assistant":
+        return f"the last message is from {last['role']!r}, not the assistant: the conversation looks cut short"
+    if not last.get("tool_calls") and not (last.get("content") or "").strip():
+        return "the last (assistant) message is empty: nothing to learn"
+    return None
+
+
+def sample_problem(obj: Any, fmt: Optional[str]) -> Optional[str]:
+    """What is wrong with one parsed line, or None."""
+    if fmt is None:
+        if not isinstance(obj, dict):
+            return f"is {_type(obj)}, not a JSON object"
+        keys = ", ".join(repr(k) for k in list(obj)[:5]) or "no keys"
+        return f"unknown format (keys {keys}); use 'messages', 'prompt' + 'completion', or 'text'"
+    if fmt == "chat":
+        return _chat_problem(obj)
+    if fmt == "completions":
+        for key in ("prompt", "completion"):
+            if not isinstance(obj[key], str):
+                return f"'{key}' is {_type(obj[key])}; it must be a string"
+        if not obj["completion"].strip():
+            return "'completion' is empty: nothing to learn"
+        return None
+    if not isinstance(obj["text"], str):
+        return f"'text' is {_type(obj['text'])}; it must be a string"
+    if not obj["text"].strip():
+        return "'text' is empty"
+    return None
+
+
+def check_bytes(data: bytes, path: str = "<data>") -> CheckResult:
+    result = CheckResult(str(path))
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    if not data.strip():
+        result.problems.append((0, "is empty: there are no examples in it"))
+        return result
+    if b"\x00" in data[:8192]:
+        result.problems.append((0, "is a binary file, not JSON lines text"))
+        return result
+    complete = data.endswith(b"\n")
+    raw_lines = data.split(b"\n")
+    if complete:
+        raw_lines.pop()
+    first_line = 0
+    for n, raw in enumerate(raw_lines, 1):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            result.problems.append((n, f"is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
+            continue
+        if not text.strip():
+            result.problems.append((n, "is blank; mlx-lm's loader fails on blank lines, so delete it"))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            if n == len(raw_lines) and not complete:
+                result.problems.append((n, f"is cut short ({e.msg}, column {e.colno}, and no final newline): "
+                                           "the file looks truncated"))
+            else:
+                result.problems.append((n, f"is not valid JSON: {e.msg} (column {e.colno})"))
+            continue
+        fmt = sample_format(obj)
+        problem = sample_problem(obj, fmt)
+        if problem is None and result.format is not None and fmt != result.format:
+            problem = (f"is in {fmt} format but line {first_line} is {result.format}; mlx-lm reads the whole file "
+                       "in the first line's format, so use one format per file")
+        if problem is not None:
+            result.problems.append((n, problem))
+            continue
+        if result.format is None:
+            result.format, first_line = fmt, n
+        result.counts[fmt] += 1
+        result.samples.append(obj)
+        result.lines.append(text)
+    return result
+
+
+def check_file(path: str | Path) -> CheckResult:
+    """Validate one JSONL training file; never raises for bad input (problems are in the result)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return CheckResult(str(path), problems=[(0, "no such file; check the path")])
+    except IsADirectoryError:
+        return CheckResult(str(path), problems=[(0, "is a folder; name the .jsonl files in it, e.g. "
+                                                    f"{p / 'train.jsonl'}")])
+    except OSError as e:
+        return CheckResult(str(path), problems=[(0, f"cannot be read ({e.strerror or e}); check its permissions")])
+    return check_bytes(data, str(path))
+
+
+def _cmd_check(args) -> int:
+    results = [check_file(f) for f in args.files]
+    for r in results:
+        lines = r.problem_lines()
+        for line in lines[:MAX_PRINTED_PROBLEMS]:
+            print(line)
+        if len(lines) > MAX_PRINTED_PROBLEMS:
+            print(f"{r.path}: ... and {len(lines) - MAX_PRINTED_PROBLEMS} more problems")
+    for r in results:
+        print(r.summary())
+    if len(results) > 1:
+        total = Counter()
+        for r in results:
+            total.update(r.counts)
+        n_probs = sum(len(r.problems) for r in results)
+        formats = ", ".join(f"{k} {v}" for k, v in total.items())
+        print(f"{len(results)} files: {sum(total.values())} examples{f' ({formats})' if formats else ''}, "
+              f"{n_probs or 'no'} problem{'s' * (n_probs != 1)}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _checked(path: str) -> CheckResult:
+    r = check_file(path)
+    if not r.ok:
+        if len(r.problems) == 1 and r.problems[0][0] == 0:
+            raise DataToolError(r.problem_lines()[0] + ".")
+        raise DataToolError(f"{path} has {len(r.problems)} problem{'s' * (len(r.problems) != 1)}; "
+                            f"run 'farense-tui data check {path}' to see them.")
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# split
+
+
+def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)``; each part keeps the file's order. Both parts must be non-empty."""
+    if not 0 < valid_fraction < 1:
+        raise DataToolError(f"--valid-fraction is {valid_fraction}; use a number between 0 and 1, e.g. 0.1.")
+    n_valid = round(n * valid_fraction)
+    if n_valid < 1 or n_valid >= n:
+        part = "validation" if n_valid < 1 else "training"
+        raise DataToolError(f"With {n} example{'s' * (n != 1)}, a fraction of {valid_fraction} leaves the {part} part "
+                            "empty; use more examples or another --valid-fraction.")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    valid = set(order[:n_valid])
+    return [i for i in range(n) if i not in valid], sorted(valid)
+
+
+def _cmd_split(args) -> int:
+    r = _checked(args.file)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataToolError(f"--out {out} is a file; name a folder.")
+    train, valid = split_indices(len(r.lines), args.valid_fraction, args.seed)
+    targets = {out / "train.jsonl": train, out / "valid.jsonl": valid}
+    for target in targets:
+        if target.exists() and not args.force:
+            raise DataToolError(f"{target} already exists; pass --force to overwrite it, or choose another --out.")
+    for target, idx in targets.items():
+        atomic_write_text(target, "".join(r.lines[i] + "\n" for i in idx))
+        print(f"{target}: {len(idx)} examples")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# stats
+
+
+def token_lengths(samples: Iterable[dict], tokenizer) -> list[int]:
+    """Tokens per example, as mlx-lm's datasets tokenize them for training: the chat template for
+    chat and completions (``ChatDataset`` / ``CompletionsDataset``), the text plus EOS for text."""
+    lengths = []
+    for s in samples:
+        fmt = sample_format(s)
+        if fmt == "chat":
+            tokens = tokenizer.apply_chat_template(s["messages"], tools=s.get("tools"), return_dict=False)
+        elif fmt == "completions":
+            messages = [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["completion"]}]
+            tokens = tokenizer.apply_chat_template(messages, tools=s.get("tools"), return_dict=False)
+        elif fmt == "text":
+            tokens = tokenizer.encode(s["text"])
+            if not tokens or tokens[-1] != tokenizer.eos_token_id:
+                tokens = [*tokens, tokenizer.eos_token_id]
+        else:
+            raise ValueError(f"not a training example: {str(s)[:80]}")
+        lengths.append(len(tokens))
+    return lengths
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    count: int
+    min: int
+    mean: float
+    median: float
+    p95: int
+    max: int
+    max_seq_length: int
+    truncated: int                          # examples longer than max_seq_length
+    histogram: tuple[tuple[int, int, int], ...]  # (low, high, examples), inclusive bounds
+
+    @property
+    def truncated_fraction(self) -> float:
+        return self.truncated / self.count if self.count else 0.0
+
+
+def _nice_width(span: int, bins: int) -> int:
+    raw = max(1, math.ceil(span / bins))
+    scale = 10 ** (len(str(raw)) - 1)
+    for step in (1, 2, 5, 10):
+        if step * scale >= raw:
+            return step * scale
+    return 10 * scale
+
+
+def length_stats(lengths: Sequence[int], max_seq_length: int, bins: int = 12) -> LengthStats:
+    if not lengths:
+        raise ValueError("no lengths")
+    ordered = sorted(lengths)
+    width = _nice_width(ordered[-1] - ordered[0] + 1, bins)
+    start = ordered[0] // width * width
+    counts = Counter((x - start) // width for x in ordered)
+    histogram = tuple((start + b * width, start + (b + 1) * width - 1, counts.get(b, 0))
+                      for b in range(max(counts) + 1))
+    return LengthStats(
+        count=len(ordered), min=ordered[0], mean=statistics.fmean(ordered), median=statistics.median(ordered),
+        p95=ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)], max=ordered[-1], max_seq_length=max_seq_length,
+        truncated=sum(1 for x in ordered if x > max_seq_length), histogram=histogram)
+
+
+def format_stats(st: LengthStats, bar_width: int = 40) -> str:
+    top = max(c for _, _, c in st.histogram)
+    digits = len(str(st.histogram[-1][1]))
+    lines = ["tokens per example"]
+    for low, high, c in st.histogram:
+        bar = "█" * (round(bar_width * c / top) if c else 0) or ("▏" if c else "")
+        mark = ("  over max_seq_length" if low > st.max_seq_length else
+                "  partly over max_seq_length" if high > st.max_seq_length else "")
+        lines.append(f"  {low:>{digits}}-{high:>{digits}} | {bar:<{bar_width}} {c}{mark}")
+    lines.append(f"examples {st.count}; min {st.min}, mean {st.mean:.1f}, median {st.median:g}, p95 {st.p95}, "
+                 f"max {st.max}")
+    lines.append(f"truncated at max_seq_length {st.max_seq_length}: {st.truncated} of {st.count} "
+                 f"({100 * st.truncated_fraction:.1f}%)")
+    return "\n".join(lines)
+
+
+def load_tokenizer(model: str):
+    """mlx-lm's tokenizer for a model folder (or a cached Hugging Face id)."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise DataToolError(f"--model {model} is a file; pass the model's folder.")
+    if not path.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise DataToolError(f"The model folder {model} does not exist; pass a model folder or a Hugging Face id "
+                            "(or run 'farense-tui model default' to install the default model).")
+    try:
+        from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+        return mlx_load_tokenizer(path if path.exists() else model)
+    except Exception as e:  # noqa: BLE001 - any loader failure comes from the user's --model
+        if not path.exists():
+            raise DataToolError(f"There is no model folder {model} and no cached Hugging Face model of that name; "
+                                "pass a model folder (or run 'farense-tui model default' to install the default "
+                                "model).") from None
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        raise DataToolError(f"Could not load a tokenizer from the folder {model} ({type(e).__name__}: {detail}); "
+                            "pass a model folder with tokenizer files.") from None
+
+
+def _cmd_stats(args) -> int:
+    if args.max_seq_length < 1:
+        raise DataToolError(f"--max-seq-length is {args.max_seq_length}; use a positive number of tokens.")
+    checked = [_checked(f) for f in args.files]
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" on stderr
+    tokenizer = load_tokenizer(args.model)
+    for r in checked:
+        try:
+            lengths = token_lengths(r.samples, tokenizer)
+        except (ValueError, TypeError) as e:
+            raise DataToolError(f"The tokenizer of {args.model} cannot tokenize {r.path} ({e}); chat and completions "
+                                "data need a tokenizer with a chat template.") from None
+        print(f"{r.path} ({r.format})")
+        print(format_stats(length_stats(lengths, args.max_seq_length)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def _shown(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def _cmd_build(args) -> int:
+    from . import farense_data
+
+    sources, out = Path(args.sources), Path(args.out)
+    if not sources.is_dir():
+        raise DataToolError(f"The sources folder {_shown(sources)} does not exist; pass --sources with the folder "
+                            "holding the copied source files (data/sources in the project).")
+    try:
+        res = farense_data.build(sources, out, seed=args.seed, force=args.force)
+    except farense_data.SourceError as e:
+        raise DataToolError(f"Cannot build from {_shown(sources)}: {e}; restore the source files from "
+                            "the project's data/sources.") from None
+    except FileExistsError as e:
+        raise DataToolError(str(e)) from None
+    total = sum(res.counts.values())
+    print(f"{total} examples from {_shown(sources)}: " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+    for name, n in (("train.jsonl", res.train), ("valid.jsonl", res.valid)):
+        path = out / name
+        print(f"{_shown(path)}: {n} examples ({'written' if path in res.written else 'unchanged'})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: {message}; run '{self.prog} --help' for the options.\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number, e.g. 0.1") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="farense-tui data", description="Build the Farense data set; check, split and measure "
+                                                      "JSONL training files.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("build", help="build train.jsonl and valid.jsonl of the Farense Q&A set from the sources")
+    b.add_argument("--sources", default=str(ROOT / "data" / "sources"), help="folder of source files (default: %(default)s)")
+    b.add_argument("--out", default=str(ROOT / "data"), help="where train.jsonl and valid.jsonl go (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="seed of phrasings and split (default: 0)")
+    b.add_argument("--force", action="store_true", help="replace existing files that differ")
+    b.set_defaults(run=_cmd_build)
+
+    c = sub.add_parser("check", help="validate JSONL files for training; exit 1 on any problem")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.set_defaults(run=_cmd_check)
+
+    s = sub.add_parser("split", help="split one JSONL file into train.jsonl and valid.jsonl")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--valid-fraction", type=_fraction, default=0.1, help="share for valid.jsonl (default: 0.1)")
+    s.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for train.jsonl and valid.jsonl")
+    s.add_argument("--force", action="store_true", help="overwrite existing train.jsonl / valid.jsonl")
+    s.set_defaults(run=_cmd_split)
+
+    t = sub.add_parser("stats", help="token lengths per example and truncation at --max-seq-length")
+    t.add_argument("files", nargs="+", metavar="FILE")
+    t.add_argument("--model", required=True, help="model folder (or cached Hugging Face id) whose tokenizer to use")
+    t.add_argument("--max-seq-length", type=int, default=BY_KEY["max_seq_length"].default,
+                   help="training's max_seq_length (default: %(default)s)")
+    t.set_defaults(run=_cmd_stats)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed
+        return e.code or 0
+    try:
+        return args.run(args)
+    except DataToolError as e:
+        print(f"farense-tui data {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""``farense-tui chat``: talk to a model (and adapter) from the command line.
+
+With ``--prompt`` it answers once and exits (tokens streamed on a terminal, the plain reply
+otherwise); without, it reads one message per line (``/reset`` clears the history, ``/quit``
+ends). ``--compare`` answers each message with the bare base and with the adapter, side by
+side on a wide terminal, one after the other otherwise.
+
+Runs in the UI process: no mlx here; the engine subprocess does the work over the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+from engine import protocol as P
+
+from ..engine_client import EngineProcess
+
+SIDE_BY_SIDE_MIN_WIDTH = 100
+
+
+class ChatFailed(Exception):
+    """The engine reported an error (one sentence) or went away."""
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    d = P.Chat(id="", message="")  # the protocol's defaults, shown in --help
+    parser = argparse.ArgumentParser(
+        prog="farense-tui chat",
+        description="Chat with a model and optional LoRA adapter. One-shot with --prompt; "
+                    "otherwise one message per line (/reset clears the history, /quit ends).",
+    )
+    parser.add_argument("--model", default="default", help="model folder or Hugging Face id (default: the embedded model)")
+    parser.add_argument("--adapter", help="adapter folder, or a run folder (its best adapter)")
+    parser.add_argument("--prompt", help="answer this one message and exit")
+    parser.add_argument("--max-tokens", type=int, help=f"longest reply in tokens (default {d.max_tokens})")
+    parser.add_argument("--temp", type=float, help=f"sampling temperature; 0 is greedy (default {d.temperature})")
+    parser.add_argument("--top-p", type=float, help=f"nucleus sampling threshold (default {d.top_p})")
+    parser.add_argument("--min-p", type=float, help=f"drop tokens below this share of the top token (default {d.min_p})")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help=f"penalty for recently used tokens; 1 is off (default {d.repetition_penalty})")
+    parser.add_argument("--seed", type=int, help="random seed, for a reproducible reply")
+    parser.add_argument("--system", help="a system message for every reply")
+    parser.add_argument("--compare", action="store_true",
+                        help="answer with the base and with --adapter, labelled (each message on its own)")
+    return parser.parse_args(argv)
+
+
+def reply_settings(args: argparse.Namespace) -> dict:
+    """The ``chat`` fields the user set; the rest keep the protocol's defaults."""
+    given = {
+        "temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty, "max_tokens": args.max_tokens,
+        "seed": args.seed, "system": args.system,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+class EngineChat:
+    """The chat commands of one engine process, as blocking calls."""
+
+    def __init__(self):
+        self.engine = EngineProcess().start()
+        self._events: Iterator[P.Record] = self.engine.events()
+        self._ids = itertools.count(1)
+        self._next(("hello",))
+
+    def _next(self, kinds: tuple, on_event: Optional[Callable[[P.Record], None]] = None) -> P.Record:
+        for event in self._events:
+            if isinstance(event, P.Error):
+                raise ChatFailed(event.message)
+            if isinstance(event, P.Warning):
+                print(f"warning: {event.message}", file=sys.stderr)
+            if on_event is not None:
+                on_event(event)
+            if event.type in kinds:
+                return event
+        raise ChatFailed(self.engine.crash_report())
+
+    def load(self, model: str, adapter: Optional[str]) -> P.ChatLoaded:
+        self.engine.send(P.ChatLoad(model=model, adapter=adapter))
+        return self._next(("chat_loaded",))
+
+    def use_adapter(self, adapter: Optional[str]) -> None:
+        self.engine.send(P.ChatAdapter(adapter=adapter))
+        self._next(("chat_loaded",))
+
+    def reset(self) -> None:
+        self.engine.send(P.ChatReset())
+
+    def reply(self, message: str, settings: dict, on_token: Callable[[str], None]) -> P.ReplyDone:
+        """One reply; tokens go to ``on_token``. Ctrl-C cancels it (the partial reply is returned)."""
+        reply_id = f"r{next(self._ids)}"
+        self.engine.send(P.Chat(id=reply_id, message=message, **settings))
+
+        def forward(event: P.Record) -> None:
+            if isinstance(event, P.Token) and event.id == reply_id:
+                on_token(event.text)
+
+        interrupted = False
+        while True:
+            try:
+                done = self._next(("reply_done",), forward)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise  # a second Ctrl-C: give up waiting
+                # the engine shares the terminal and got the same SIGINT; cancel explicitly anyway
+                interrupted = True
+                self.engine.send(P.Cancel(id=reply_id))
+                continue
+            if done.id == reply_id:
+                return done
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+# ------------------------------------------------------------------- output
+
+
+def side_by_side(columns: Sequence[tuple[str, str]], width: int) -> str:
+    """Labelled texts in columns of equal width, wrapped, separated by a bar."""
+    col = (width - 3 * (len(columns) - 1)) // len(columns)
+
+    def lines(label: str, text: str) -> list[str]:
+        wrapped = [label[:col], "─" * min(col, max(len(label), 1))]
+        for paragraph in text.splitlines() or [""]:
+            wrapped += textwrap.wrap(paragraph, col, replace_whitespace=False) or [""]
+        return wrapped
+
+    blocks = [lines(label, text) for label, text in columns]
+    rows = itertools.zip_longest(*blocks, fillvalue="")
+    return "\n".join(" │ ".join(cell.ljust(col) for cell in row).rstrip() for row in rows)
+
+
+def stats_line(done: P.ReplyDone) -> str:
+    note = {"length": ", stopped at --max-tokens", "cancelled": ", cancelled"}.get(done.finish_reason, "")
+    return (f"({done.generation_tokens} tokens, {done.generation_tps:.1f} tokens/s, "
+            f"first token after {done.time_to_first_token:.2f} s{note})")
+
+
+class Terminal:
+    """Where replies go: streamed with stats on a terminal, plain text otherwise."""
+
+    def __init__(self):
+        self.streaming = sys.stdout.isatty()
+        self.stats = sys.stderr.isatty()
+        self.width = shutil.get_terminal_size().columns
+
+    def token(self, text: str) -> None:
+        if self.streaming:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def finish(self, done: P.ReplyDone) -> None:
+        print("" if self.streaming else done.text, flush=True)
+        if self.stats:
+            print(stats_line(done), file=sys.stderr, flush=True)
+
+
+def answer(chat: EngineChat, term: Terminal, message: str, settings: dict) -> P.ReplyDone:
+    done = chat.reply(message, settings, term.token)
+    term.finish(done)
+    return done
+
+
+def compare(chat: EngineChat, term: Terminal, message: str, settings: dict, adapter: str) -> None:
+    """The same message, alone and with the same seed, to the base and to the base + adapter."""
+    settings = {**settings, "keep_history": False}
+    settings.setdefault("seed", random.randrange(2**31))
+    sides = (("base", None), (f"base + adapter {Path(adapter).name}", adapter))
+    if term.streaming and term.width >= SIDE_BY_SIDE_MIN_WIDTH:
+        texts = []
+        for label, which in sides:
+            print(f"({label} is answering...)", file=sys.stderr, flush=True)
+            chat.use_adapter(which)
+            texts.append((label, chat.reply(message, settings, lambda _: None).text))
+        print(side_by_side(texts, term.width), flush=True)
+        return
+    for label, which in sides:
+        chat.use_adapter(which)
+        print(f"── {label} ──", flush=True)
+        answer(chat, term, message, settings)
+
+
+def converse(chat: EngineChat, term: Terminal, args: argparse.Namespace, settings: dict) -> None:
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Type a message; /reset clears the history, /quit ends.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/quit":
+            return
+        if line == "/reset":
+            chat.reset()
+            if interactive:
+                print("(history cleared)", file=sys.stderr)
+            continue
+        if args.compare:
+            compare(chat, term, line, settings, args.adapter)
+        else:
+            answer(chat, term, line, settings)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.compare and not args.adapter:
+        print("farense-tui chat: --compare needs --adapter DIR to compare the base with; add it.", file=sys.stderr)
+        return 1
+    settings = reply_settings(args)
+    term = Terminal()
+    chat = None
+    try:
+        chat = EngineChat()
+        chat.load(args.model, args.adapter)
+        if args.prompt is None:
+            converse(chat, term, args, settings)
+        elif args.compare:
+            compare(chat, term, args.prompt, settings, args.adapter)
+        else:
+            answer(chat, term, args.prompt, settings)
+        return 0
+    except ChatFailed as e:
+        print(f"farense-tui chat: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if chat is not None:
+            chat.close()

@@ -1,0 +1,149 @@
+"""Engine links: one engine subprocess per role, its events read on a thread worker and posted as
+messages to the tabs that follow it. The thread never touches a widget; it only folds events into
+a run's history (thread safe) and calls ``post_message``."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional, Protocol, Sequence
+
+from textual.app import App
+from textual.message_pump import MessagePump
+
+from engine import protocol as P
+
+from .messages import EngineEvent, EngineExited, ReplyProgress, TrainingProgress
+from .runs import RunHistory
+
+
+class Engine(Protocol):
+    """What the UI needs of an engine: ``EngineProcess`` or a test's fake."""
+
+    def send(self, record: P.Record) -> bool: ...
+
+    def events(self) -> Iterator[P.Record]: ...
+
+    def crash_report(self) -> str: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
+EngineFactory = Callable[[str], Engine]
+"""role ("train", "preflight" or "chat") -> a started engine."""
+
+
+def start_engine_process(role: str) -> Engine:
+    """The real engine: ``python -m engine`` (imported late: only a real session needs it)."""
+    from .engine_client import EngineProcess
+
+    return EngineProcess().start()
+
+
+# events that end a job; the engine is then shut down unless the link keeps it (chat)
+JOB_ENDS = (P.Done, P.PreflightDone)
+
+
+class _Session:
+    """One started engine and what its reader folds; a new start never mixes with an old one."""
+
+    def __init__(self, engine: Engine, history: Optional[RunHistory]):
+        self.engine = engine
+        self.history = history
+        self.closing = False
+        self.replies: dict[str, str] = {}
+
+
+class EngineLink:
+    """One engine for one role. ``start`` runs it and reads it on a thread; ``send`` commands it."""
+
+    def __init__(self, app: App, role: str, factory: EngineFactory,
+                 targets: Callable[[], Sequence[MessagePump]], *, keep_alive: bool = False):
+        self.app = app
+        self.role = role
+        self.factory = factory
+        self.targets = targets
+        self.keep_alive = keep_alive
+        self._session: Optional[_Session] = None
+
+    @property
+    def running(self) -> bool:
+        return self._session is not None
+
+    @property
+    def history(self) -> Optional[RunHistory]:
+        return self._session.history if self._session else None
+
+    def start(self, history: Optional[RunHistory] = None) -> None:
+        """Start the engine (raises OSError if it cannot be started) and read it on a thread."""
+        session = _Session(self.factory(self.role), history)
+        self._session = session
+        self.app.run_worker(
+            lambda: self._read(session), thread=True, group=f"engine-{self.role}",
+            name=f"engine-{self.role}", description=f"read the {self.role} engine's events",
+            exit_on_error=False,
+        )
+
+    def send(self, command: P.Record) -> bool:
+        """Send a command; False when no engine is running or it is gone."""
+        session = self._session
+        return session is not None and session.engine.send(command)
+
+    def stderr_tail(self) -> list[str]:
+        """The running engine's last stderr lines (empty for an engine that keeps none)."""
+        session = self._session
+        return list(getattr(session.engine, "stderr_tail", ())) if session else []
+
+    def close(self) -> None:
+        """Shut the engine down (blocks until it exits: call from a thread)."""
+        session = self._session
+        if session is not None:
+            session.closing = True
+            session.engine.close()
+
+    # -- the worker thread
+
+    def _post(self, make: Callable[[], object]) -> None:
+        for target in self.targets():
+            target.post_message(make())
+
+    def _read(self, session: _Session) -> None:
+        engine = session.engine
+        failure: Optional[str] = None
+        error_seen = False
+        try:
+            for event in engine.events():
+                self._dispatch(session, event)
+                if isinstance(event, P.Error):
+                    error_seen = event.code != "protocol"
+                ends_job = isinstance(event, JOB_ENDS) or (
+                    error_seen and isinstance(event, P.State) and event.state == "idle"
+                ) or (isinstance(event, P.Error) and event.code == "unsupported")
+                if ends_job and not self.keep_alive and not session.closing:
+                    session.closing = True
+                    engine.close()
+        except Exception as e:  # noqa: BLE001 - a broken pipe must reach the UI, not kill it
+            failure = f"Reading the {self.role} engine's output failed ({type(e).__name__}: {e})."
+        report = None if session.closing else (failure or engine.crash_report())
+        if self._session is session:  # a newer start has its own reader to report on
+            self._session = None
+            self._post(lambda: EngineExited(self.role, report))
+
+    def _dispatch(self, session: _Session, event: P.Record) -> None:
+        role, history = self.role, session.history
+        if history is not None:
+            history.apply(event)
+        if isinstance(event, P.Step):
+            self._post(lambda: TrainingProgress(role, event))
+            every = (history.config.get("steps_per_report") if history else None) or 10
+            if event.step % int(every) == 0 or event.step == event.total_steps:
+                self._post(lambda: EngineEvent(role, event))  # the event log's report lines
+        elif isinstance(event, P.MemoryEvent):
+            if event.action:  # a plain report only feeds the history the Monitor draws from
+                self._post(lambda: EngineEvent(role, event))
+        elif isinstance(event, P.Token):
+            text = session.replies.get(event.id, "") + event.text
+            session.replies[event.id] = text
+            self._post(lambda: ReplyProgress(role, event.id, text))
+        else:
+            if isinstance(event, P.ReplyDone):
+                session.replies.pop(event.id, None)
+            self._post(lambda: EngineEvent(role, event))

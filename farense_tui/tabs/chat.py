@@ -1,0 +1,311 @@
+"""The Chat tab: pick a model and an adapter (the latest run's best by default), type, and the reply
+streams in token by token; sampler settings; stop a reply; compare the base model and base +
+adapter on the same prompt, side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TabPane
+
+from engine import protocol as P
+
+from ..messages import EngineEvent, EngineExited, ReplyProgress
+from ..runs import format_loss, list_runs
+from ..widgets.chat_log import ChatLog
+
+NO_ADAPTER = "none"
+
+# name, label, default, parse, allowed (for the message), check
+SAMPLER = [
+    ("temperature", "temperature", "0.7", float, "a number of at least 0", lambda v: v >= 0),
+    ("top_p", "top-p", "0.9", float, "a number above 0 and at most 1", lambda v: 0 < v <= 1),
+    ("min_p", "min-p", "0.05", float, "a number from 0 to under 1", lambda v: 0 <= v < 1),
+    ("repetition_penalty", "repetition penalty", "1.1", float, "a number of at least 1", lambda v: v >= 1),
+    ("max_tokens", "max tokens", "256", int, "a whole number of at least 1", lambda v: v >= 1),
+]
+
+
+class SamplerError(ValueError):
+    pass
+
+
+@dataclass
+class PendingReply:
+    title: str
+    then: Optional[tuple[Optional[str], P.Chat]] = None  # compare: (adapter, chat) to send next
+
+
+class ChatTab(TabPane):
+    BINDINGS = [
+        Binding("ctrl+l", "load", "Load model"),
+        Binding("escape", "stop_reply", "Stop reply"),
+        Binding("ctrl+t", "toggle_compare", "Compare"),
+        Binding("ctrl+n", "new_conversation", "New chat"),
+    ]
+
+    DEFAULT_CSS = """
+    ChatTab #chat-top { height: auto; }
+    ChatTab #chat-top Vertical { height: auto; }
+    ChatTab #model-box { width: 1fr; }
+    ChatTab #adapter-box { width: 1fr; padding-left: 1; }
+    ChatTab #chat-top Button { margin: 1 0 0 1; }
+    ChatTab #chat-status { height: auto; padding: 0 1; color: $text-muted; }
+    ChatTab #chat-status.-error { color: $error; }
+    ChatTab #sampler { width: 30; padding-left: 1; }
+    ChatTab #sampler Input { width: 100%; }
+    ChatTab #sampler Label { padding-top: 0; }
+    ChatTab #prompt { margin-top: 0; }
+    ChatTab.-replying #prompt { border: tall $warning; }
+    ChatTab .caption { text-style: bold; color: $accent; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Chat", id="chat")
+        self.loaded: Optional[tuple[str, Optional[str]]] = None  # what the engine was asked to load
+        self.load_confirmed = False  # the engine answered the last load with chat_loaded
+        self.pending: dict[str, PendingReply] = {}
+        self.current: Optional[str] = None  # the reply being generated
+        self._count = 0
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="chat-top"):
+            with Vertical(id="model-box"):
+                yield Label("Model")
+                yield Input(placeholder="model folder or Hugging Face id (the Config tab's by default)",
+                            id="chat-model")
+            with Vertical(id="adapter-box"):
+                yield Label("Adapter")
+                yield Select([("none: the base model", NO_ADAPTER)], value=NO_ADAPTER, allow_blank=False,
+                             id="chat-adapter")
+            yield Button("Load (ctrl+l)", id="chat-load")
+        with Horizontal():
+            with Vertical():
+                yield Static("Type a question and press enter; the model loads on the first message.",
+                             id="chat-status")
+                yield ChatLog(id="chat-log")
+                yield Input(placeholder="Ask about SC Farense… (enter sends, escape stops the reply)", id="prompt")
+            with Vertical(id="sampler"):
+                yield Label("Sampler", classes="caption")
+                for name, label, default, *_ in SAMPLER:
+                    yield Label(label)
+                    yield Input(default, id=f"sampler-{name}")
+                yield Checkbox("Compare base and adapter (ctrl+t)", id="compare")
+                yield Button("New conversation (ctrl+n)", id="new-chat")
+
+    def on_mount(self) -> None:
+        self.refresh_choices()
+
+    @property
+    def log_widget(self) -> ChatLog:
+        return self.query_one(ChatLog)
+
+    # -- model and adapter
+
+    def refresh_choices(self) -> None:
+        """Adapters of the runs found (the newest first, chosen by default); the Config tab's model."""
+        model = self.query_one("#chat-model", Input)
+        if not model.value.strip():
+            model.value = str(self.app.config_tab.raw().get("model") or "")
+        select = self.query_one("#chat-adapter", Select)
+        options = [("none: the base model", NO_ADAPTER)]
+        for run in list_runs(self.app.options.checkpoints_dir):
+            if run.adapter is not None:
+                options.append((f"{run.name} (best val {format_loss(run.best_val_loss)})", str(run.adapter)))
+        previous = select.value
+        select.set_options(options)
+        values = [v for _, v in options]
+        select.value = previous if previous in values and previous != NO_ADAPTER else values[min(1, len(values) - 1)]
+
+    def _choice(self) -> tuple[str, Optional[str]]:
+        model = self.query_one("#chat-model", Input).value.strip()
+        adapter = self.query_one("#chat-adapter", Select).value
+        return model, None if adapter in (NO_ADAPTER, Select.BLANK) else str(adapter)
+
+    def _ensure_loaded(self) -> bool:
+        """Start the chat engine and ask it to load the chosen model and adapter, if not done yet."""
+        model, adapter = self._choice()
+        if not model:
+            self.status("Name a model first (a folder or a Hugging Face id).", error=True)
+            return False
+        link = self.app.links["chat"]
+        if not link.running:
+            try:
+                link.start()
+            except OSError as e:
+                self.status(f"The engine could not be started ({e.strerror or e}).", error=True)
+                return False
+            self.loaded = None
+        if self.loaded != (model, adapter):
+            if self.loaded and self.loaded[0] == model:
+                link.send(P.ChatAdapter(adapter=adapter))
+            else:
+                link.send(P.ChatLoad(model=model, adapter=adapter))
+            self.loaded, self.load_confirmed = (model, adapter), False
+            self.status(f"Loading {model}" + (f" with {adapter}" if adapter else "") + "…")
+        return True
+
+    def action_load(self) -> None:
+        self._ensure_loaded()
+
+    @on(Button.Pressed, "#chat-load")
+    def _load_pressed(self) -> None:
+        self.action_load()
+
+    # -- sending
+
+    def sampler(self) -> dict:
+        values = {}
+        for name, label, _default, parse, allowed, check in SAMPLER:
+            text = self.query_one(f"#sampler-{name}", Input).value.strip()
+            try:
+                value = parse(text)
+            except ValueError:
+                raise SamplerError(f"{label} is {text!r}, but it must be {allowed}.") from None
+            if not check(value):
+                raise SamplerError(f"{label} is {text}, but it must be {allowed}.")
+            values[name] = value
+        return values
+
+    def _next_id(self, suffix: str = "") -> str:
+        self._count += 1
+        return f"reply-{self._count}{suffix}"
+
+    @on(Input.Submitted, "#prompt")
+    def _prompt_submitted(self, event: Input.Submitted) -> None:
+        self.send_prompt(event.value)
+
+    def send_prompt(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        if self.current is not None:
+            self.app.notify("A reply is being written; press escape to stop it first.", severity="warning")
+            return
+        try:
+            sampler = self.sampler()
+        except SamplerError as e:
+            self.status(str(e), error=True)
+            return
+        compare = self.query_one("#compare", Checkbox).value
+        model, adapter = self._choice()
+        if compare and adapter is None:
+            self.status("Pick an adapter to compare with the base model.", error=True)
+            return
+        if not self._ensure_loaded():
+            return
+        link = self.app.links["chat"]
+        self.query_one("#prompt", Input).value = ""
+        self.log_widget.add_user(text)
+        if compare:
+            base_id, tuned_id = self._next_id("-base"), self._next_id("-adapter")
+            self.log_widget.expect_compare([(base_id, "base"), (tuned_id, "base + adapter")])
+            tuned = P.Chat(id=tuned_id, message=text, keep_history=False, **sampler)
+            self.pending[base_id] = PendingReply("base", then=(adapter, tuned))
+            self.pending[tuned_id] = PendingReply("base + adapter")
+            link.send(P.ChatAdapter(adapter=None))
+            self.loaded = (model, None)
+            self._send_chat(P.Chat(id=base_id, message=text, keep_history=False, **sampler))
+        else:
+            reply_id = self._next_id()
+            self.pending[reply_id] = PendingReply("assistant" if adapter is None else "base + adapter")
+            self._send_chat(P.Chat(id=reply_id, message=text, **sampler))
+
+    def _send_chat(self, chat: P.Chat) -> None:
+        self.current = chat.id
+        self.add_class("-replying")
+        if not self.app.links["chat"].send(chat):
+            self._fail_pending("The chat engine is not running; press ctrl+l to load the model again.")
+
+    def action_stop_reply(self) -> None:
+        if self.current is None:
+            return
+        pending = self.pending.get(self.current)
+        if pending is not None and pending.then is not None:
+            # a stopped comparison does not go on to the adapter's answer
+            self._fail_pending_reply(pending.then[1].id, "stopped before it started")
+            pending.then = None
+        self.app.links["chat"].send(P.Cancel(id=self.current))
+        self.status("Stopping the reply…")
+
+    def action_toggle_compare(self) -> None:
+        box = self.query_one("#compare", Checkbox)
+        box.value = not box.value
+
+    def action_new_conversation(self) -> None:
+        if self.current is not None:
+            self.action_stop_reply()
+        self.log_widget.clear_log()
+        self.app.links["chat"].send(P.ChatReset())
+        self.status("New conversation.")
+
+    @on(Button.Pressed, "#new-chat")
+    def _new_pressed(self) -> None:
+        self.action_new_conversation()
+
+    # -- engine events
+
+    def status(self, text: str, error: bool = False) -> None:
+        widget = self.query_one("#chat-status", Static)
+        widget.update(text)
+        widget.set_class(error, "-error")
+
+    def on_reply_progress(self, message: ReplyProgress) -> None:
+        pending = self.pending.get(message.reply_id)
+        self.log_widget.update_reply(message.reply_id, message.text, pending.title if pending else "assistant")
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        if isinstance(event, P.ChatLoaded):
+            what = event.model + (f" + {event.adapter}" if event.adapter else " (no adapter)")
+            self.load_confirmed = True
+            self.status(f"Loaded {what} in {event.seconds:.1f} s.")
+        elif isinstance(event, P.ReplyDone):
+            self._reply_done(event)
+        elif isinstance(event, P.Error):
+            if not self.load_confirmed:
+                self.loaded = None  # the load failed or is not supported: ask again next time
+            self.status(event.message, error=True)
+            self._fail_pending(event.message)
+        elif isinstance(event, P.Warning):
+            self.app.notify(event.message, title="Chat", severity="warning")
+
+    def _reply_done(self, event: P.ReplyDone) -> None:
+        pending = self.pending.pop(event.id, None)
+        stats = (f"{event.generation_tokens} tokens · {event.generation_tps:.1f} tok/s · "
+                 f"first token {event.time_to_first_token:.2f} s · {event.finish_reason}")
+        self.log_widget.finish_reply(event.id, event.text, stats, title=pending.title if pending else "assistant",
+                                     failed=event.finish_reason == "cancelled")
+        if self.current == event.id:
+            self.current = None
+        if pending is not None and pending.then is not None:
+            adapter, chat = pending.then
+            self.app.links["chat"].send(P.ChatAdapter(adapter=adapter))
+            self.loaded = (self.loaded[0], adapter) if self.loaded else None
+            self._send_chat(chat)
+            return
+        self.remove_class("-replying")
+        self.status(f"Reply done: {stats}.")
+
+    def _fail_pending_reply(self, reply_id: str, reason: str) -> None:
+        pending = self.pending.pop(reply_id, None)
+        self.log_widget.finish_reply(reply_id, f"(no reply: {reason})", "failed",
+                                     title=pending.title if pending else "assistant", failed=True)
+
+    def _fail_pending(self, reason: str) -> None:
+        """The engine cannot answer (an error or it exited): end every reply in flight."""
+        for reply_id in list(self.pending):
+            self._fail_pending_reply(reply_id, reason)
+        self.current = None
+        self.remove_class("-replying")
+
+    def on_engine_exited(self, message: EngineExited) -> None:
+        self.loaded = None
+        if message.crashed:
+            self.status(message.report, error=True)
+            self._fail_pending("the chat engine exited")

@@ -1,0 +1,307 @@
+"""The Config tab: every setting of the schema, grouped, validated as you type with the engine's
+own messages; the effective batch size; YAML load and save; the recommended config; the
+equivalent command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Input, Label, Static, Switch, TabPane
+
+from engine import config as C
+
+from ..runs import new_run_dir
+
+UNSET = object()  # an empty field: the setting's default
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()
+    return str(value)
+
+
+def parse_value(setting: C.Setting, text: str) -> Any:
+    """The value a field's text stands for; text settings stay text, others are read as YAML."""
+    text = text.strip()
+    if not text:
+        return None if setting.default is None else UNSET
+    if isinstance(setting.default, str) or setting.key == "model":
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # the setting's check names what is wrong with it
+
+
+class SettingField(Vertical):
+    """One setting: its name, an editor (a switch for true/false), its help and its message."""
+
+    DEFAULT_CSS = """
+    SettingField { height: auto; }
+    SettingField > Horizontal { height: auto; }
+    SettingField .name { width: 24; padding: 1 1 0 0; }
+    SettingField Input { width: 34; }
+    SettingField Switch { width: 34; }
+    SettingField .help { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
+    SettingField .message { display: none; color: $error; padding-left: 24; }
+    SettingField.-invalid .message { display: block; }
+    SettingField.-invalid Input { border: tall $error; }
+    """
+
+    def __init__(self, setting: C.Setting) -> None:
+        super().__init__(id=f"field-{setting.key}")
+        self.setting = setting
+
+    def compose(self) -> ComposeResult:
+        s = self.setting
+        with Horizontal():
+            yield Label(s.key, classes="name")
+            if isinstance(s.default, bool):
+                yield Switch(value=s.default, id=f"setting-{s.key}")
+            else:
+                yield Input(value=format_value(s.default), placeholder=format_value(s.default) or "not set",
+                            id=f"setting-{s.key}")
+            yield Label(s.help, classes="help")
+        yield Label("", classes="message")
+
+    @property
+    def value(self) -> Any:
+        editor = self.query_one(f"#setting-{self.setting.key}")
+        if isinstance(editor, Switch):
+            return editor.value
+        return parse_value(self.setting, editor.value)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        editor = self.query_one(f"#setting-{self.setting.key}")
+        if isinstance(editor, Switch):
+            editor.value = bool(value)
+        else:
+            editor.value = format_value(value)
+
+    def check(self) -> Optional[str]:
+        """This setting's own message, or None when it is valid."""
+        value = self.value
+        message = None
+        if value is not UNSET:
+            try:
+                C.validate({self.setting.key: value}, require_model=False)
+            except C.ConfigError as e:
+                message = str(e)
+        self.show_message(message)
+        return message
+
+    def show_message(self, message: Optional[str]) -> None:
+        self.set_class(message is not None, "-invalid")
+        self.query_one(".message", Label).update(message or "")
+
+
+class ConfigTab(TabPane):
+    BINDINGS = [
+        Binding("ctrl+o", "load", "Load YAML"),
+        Binding("ctrl+s", "save", "Save YAML"),
+        Binding("ctrl+r", "apply_recommended", "Recommended"),
+    ]
+
+    DEFAULT_CSS = """
+    ConfigTab #settings { width: 2fr; }
+    ConfigTab .group { text-style: bold; color: $accent; padding: 1 0 0 0; }
+    ConfigTab #config-side { width: 44; padding: 0 1; border-left: vkey $panel-lighten-2; }
+    ConfigTab #config-side Label { padding: 1 0 0 0; }
+    ConfigTab #config-side Horizontal { height: auto; }
+    ConfigTab #config-side Button { min-width: 10; margin-right: 1; }
+    ConfigTab #config-status.-invalid { color: $error; }
+    ConfigTab #config-status { color: $success; }
+    ConfigTab #command-preview { color: $text-muted; }
+    ConfigTab #config-notes { color: $warning; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Config", id="config")
+        self.recommended: Optional[dict] = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            with VerticalScroll(id="settings"):
+                for group in C.GROUPS:
+                    yield Label(group.capitalize() if group != "lora" else "LoRA", classes="group")
+                    for setting in C.SETTINGS:
+                        if setting.group == group:
+                            yield SettingField(setting)
+            with Vertical(id="config-side"):
+                yield Label("Effective batch size")
+                yield Static("", id="effective-batch")
+                yield Label("Validation")
+                yield Static("", id="config-status")
+                yield Label("YAML file (ctrl+o load, ctrl+s save)")
+                yield Input(value=str(self.app.options.config_path or "config.yaml"), id="config-path")
+                with Horizontal():
+                    yield Button("Load", id="load")
+                    yield Button("Save", id="save")
+                    yield Button("Recommended", id="recommended")
+                yield Label("Equivalent command line")
+                yield Static("", id="command-preview")
+                yield Static("", id="config-notes")
+
+    def on_mount(self) -> None:
+        path = self.app.options.config_path
+        if path:
+            self.load(path)
+        else:
+            self.revalidate()
+
+    # -- reading the fields
+
+    def fields(self) -> list[SettingField]:
+        return list(self.query(SettingField))
+
+    def raw(self) -> dict:
+        """The fields as a raw config (empty fields left out: their defaults apply)."""
+        return {f.setting.key: v for f in self.fields() if (v := f.value) is not UNSET}
+
+    def _validate(self, *, require_model: bool) -> tuple[Optional[dict], Optional[C.ConfigError]]:
+        try:
+            cfg, _ = C.validate(self.raw(), require_model=require_model)
+        except C.ConfigError as e:
+            return None, e
+        return cfg, None
+
+    def resolved(self, *, require_model: bool = True) -> tuple[Optional[dict], Optional[str]]:
+        """(config, None) when valid, else (None, the one-sentence reason)."""
+        cfg, error = self._validate(require_model=require_model)
+        return cfg, None if error is None else str(error)
+
+    # -- validating as you type
+
+    @on(Input.Changed, "SettingField Input")
+    @on(Switch.Changed, "SettingField Switch")
+    def _field_changed(self) -> None:
+        self.revalidate()
+
+    @on(Input.Changed, "#config-path")
+    def _path_changed(self) -> None:
+        self._show_command()
+
+    def revalidate(self) -> None:
+        field_errors = {f.setting.key: f.check() for f in self.fields()}
+        cfg, error = self._validate(require_model=False)
+        if error is None:
+            _, error = self._validate(require_model=True)
+        status = self.query_one("#config-status", Static)
+        status.update("The config is valid." if error is None else str(error))
+        status.set_class(error is not None, "-invalid")
+        # a message about settings together (epochs and iters, a missing model) shows by the field too
+        key = error.key.split(".", 1)[0] if error is not None else ""
+        if field_errors.get(key, "") is None:
+            self.query_one(f"#field-{key}", SettingField).show_message(str(error))
+        effective = self.query_one("#effective-batch", Static)
+        if cfg is not None:
+            effective.update(f"{cfg['batch_size']} × {cfg['grad_accumulation_steps']} = "
+                             f"{C.effective_batch_size(cfg)} samples per update")
+        else:
+            effective.update("-")
+        self._show_command()
+
+    def _show_command(self) -> None:
+        options = self.app.options
+        path = self.query_one("#config-path", Input).value.strip() or "config.yaml"
+        run_dir = new_run_dir(options.checkpoints_dir, options.clock())
+        self.query_one("#command-preview", Static).update(
+            f"Save the config, then run:\n{C.command_line(path, str(run_dir))}"
+        )
+
+    # -- changing the fields
+
+    def set_values(self, values: dict, *, replace: bool) -> list[str]:
+        """Put values in the fields (every field when replace); return notes on keys left out."""
+        notes = []
+        by_key = {f.setting.key: f for f in self.fields()}
+        for key, field in by_key.items():
+            if key in values:
+                field.value = values[key]
+            elif replace:
+                field.value = field.setting.default
+        for key in values:
+            if key not in by_key:
+                notes.append(f"{key} is not a setting of this app; it was left out.")
+        self.revalidate()
+        return notes
+
+    def _show_notes(self, notes: list[str]) -> None:
+        self.query_one("#config-notes", Static).update("\n".join(notes))
+
+    def load(self, path: str | Path) -> bool:
+        try:
+            raw = C.load_yaml(path)
+            cfg, notes = C.validate(raw, require_model=False)
+        except C.ConfigError as e:
+            self.app.notify(str(e), title="Config not loaded", severity="error")
+            self.query_one("#config-status", Static).update(str(e))
+            self.query_one("#config-status", Static).set_class(True, "-invalid")
+            return False
+        # keep what the file says (not the defaults validate fills in), so epochs/iters stay as written
+        self.set_values({k: v for k, v in cfg.items() if k in raw or k == "epochs"}, replace=True)
+        self._show_notes(notes)
+        self.app.notify(f"Loaded {path}.", title="Config")
+        return True
+
+    def save(self, path: str | Path) -> bool:
+        cfg, error = self.resolved(require_model=False)
+        if cfg is None:
+            self.app.notify(f"The config is not valid, so it was not saved: {error}",
+                            title="Config not saved", severity="error")
+            return False
+        try:
+            C.save_yaml(cfg, path)
+        except OSError as e:
+            self.app.notify(f"{path} cannot be written ({e.strerror}).", title="Config not saved",
+                            severity="error")
+            return False
+        self.app.notify(f"Saved {path}.", title="Config")
+        return True
+
+    def apply_recommended(self) -> bool:
+        recommended = self.recommended or self.app.find_recommended()
+        if not recommended:
+            self.app.notify("There is no recommended config yet; run preflight first (F1, then r).",
+                            title="Config", severity="warning")
+            return False
+        notes = self.set_values(recommended, replace=False)
+        self._show_notes(notes)
+        self.app.notify(f"Applied the recommended config ({len(recommended)} settings).", title="Config")
+        return True
+
+    # -- actions and buttons
+
+    def _path(self) -> str:
+        return self.query_one("#config-path", Input).value.strip() or "config.yaml"
+
+    def action_load(self) -> None:
+        self.load(self._path())
+
+    def action_save(self) -> None:
+        self.save(self._path())
+
+    def action_apply_recommended(self) -> None:
+        self.apply_recommended()
+
+    @on(Button.Pressed, "#load")
+    def _load_pressed(self) -> None:
+        self.action_load()
+
+    @on(Button.Pressed, "#save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#recommended")
+    def _recommended_pressed(self) -> None:
+        self.action_apply_recommended()

@@ -1,0 +1,193 @@
+"""The Monitor tab: memory gauges, the current figures, a loss sparkline and plots of loss,
+learning rate, tokens/s and memory. It draws a run's history on a timer (twice a second, and
+only when something changed), whether the run is live or a past one opened from its files."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.widgets import Button, Input, Label, Static, TabPane
+
+from ..runs import GB, RunError, RunHistory, Snapshot, format_duration, format_gb, format_loss, load_run
+from ..widgets.gauge import Gauge
+from ..widgets.metric_plot import Line, MetricPlot
+from ..widgets.sparkline import LossSparkline
+
+REDRAW_SECONDS = 0.5
+
+
+def available_level(available: int, guard_gb: float) -> str:
+    """danger under the memory guard's threshold, warn when near it (within max(guard, 1 GB))."""
+    if guard_gb <= 0:
+        return "ok"
+    gb = available / GB
+    if gb <= guard_gb:
+        return "danger"
+    return "warn" if gb <= guard_gb + max(guard_gb, 1.0) else "ok"
+
+
+class MonitorTab(TabPane):
+    BINDINGS = [
+        Binding("ctrl+o", "open_run", "Open run"),
+        Binding("ctrl+l", "follow_live", "Live run"),
+    ]
+
+    DEFAULT_CSS = """
+    MonitorTab #monitor-top { height: 7; }
+    MonitorTab #gauges { width: 1fr; padding-right: 2; }
+    MonitorTab #figures-box { width: 1fr; }
+    MonitorTab #figures { height: 5; }
+    MonitorTab #plots { grid-size: 2 2; grid-gutter: 0 1; height: 1fr; }
+    MonitorTab #open-row { height: 3; }
+    MonitorTab #open-row Label { padding: 1 1 0 0; }
+    MonitorTab #run-path { width: 1fr; }
+    MonitorTab #open-row Button { margin-left: 1; min-width: 10; }
+    MonitorTab #monitor-source { color: $text-muted; height: 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Monitor", id="monitor")
+        self.history: Optional[RunHistory] = None
+        self.live: Optional[RunHistory] = None
+        self.following_live = True
+        self._drawn_version = -1
+
+    def compose(self) -> ComposeResult:
+        yield Static("No run yet: start one in Train (F4), or open a past run below.", id="monitor-source")
+        with Horizontal(id="monitor-top"):
+            with Vertical(id="gauges"):
+                yield Gauge("MLX active", id="g-active")
+                yield Gauge("MLX cache", id="g-cache")
+                yield Gauge("MLX peak", id="g-peak")
+                yield Gauge("process RSS", id="g-rss")
+                yield Gauge("available", id="g-available")
+            with Vertical(id="figures-box"):
+                yield Static("", id="figures")
+                yield LossSparkline()
+        with Grid(id="plots"):
+            yield MetricPlot("loss", [Line("loss", "train", "cyan"), Line("val_loss", "validation", "orange", "dot")],
+                             id="plot-loss")
+            yield MetricPlot("learning rate", [Line("learning_rate", "lr", "magenta")], id="plot-lr")
+            yield MetricPlot("tokens/s", [Line("tokens_per_second", "tokens/s", "green")], id="plot-tps")
+            yield MetricPlot("memory (GB)", [Line("mlx_active", "MLX active", "blue"),
+                                             Line("mlx_peak", "MLX peak", "red"),
+                                             Line("rss", "RSS", "yellow")], id="plot-memory")
+        with Horizontal(id="open-row"):
+            yield Label("Open a run:")
+            yield Input(placeholder="run folder or events.jsonl, then enter", id="run-path")
+            yield Button("Open", id="open")
+            yield Button("Live", id="live")
+
+    def on_mount(self) -> None:
+        self.set_interval(REDRAW_SECONDS, self.redraw, name="monitor-redraw")
+
+    # -- which run is shown
+
+    def follow(self, history: RunHistory) -> None:
+        """A live run started; show it unless a past run is open."""
+        self.live = history
+        if self.following_live:
+            self.show(history)
+
+    def show(self, history: RunHistory) -> None:
+        self.history = history
+        self._drawn_version = -1
+        self.redraw()
+
+    def action_follow_live(self) -> None:
+        self.following_live = True
+        if self.live is None:
+            self.app.notify("No run is live; start one in the Train tab (F4).", severity="warning")
+            return
+        self.show(self.live)
+
+    def action_open_run(self) -> None:
+        path = self.query_one("#run-path", Input).value.strip()
+        if not path:
+            self.query_one("#run-path", Input).focus()
+            return
+        self.open(path)
+
+    def open(self, path: str) -> None:
+        self.query_one("#run-path", Input).value = path
+        self.run_worker(self._open(path), exclusive=True, group="open-run", exit_on_error=False)
+
+    async def _open(self, path: str) -> None:
+        try:
+            history, bad = await asyncio.to_thread(load_run, path)
+        except RunError as e:
+            self.app.notify(str(e), title="Run not opened", severity="error")
+            return
+        self.following_live = False
+        self.show(history)
+        if bad:
+            self.app.notify(f"{bad} lines of {history.source} could not be read and were skipped.",
+                            severity="warning")
+
+    @on(Input.Submitted, "#run-path")
+    def _path_submitted(self) -> None:
+        self.action_open_run()
+
+    @on(Button.Pressed, "#open")
+    def _open_pressed(self) -> None:
+        self.action_open_run()
+
+    @on(Button.Pressed, "#live")
+    def _live_pressed(self) -> None:
+        self.action_follow_live()
+
+    # -- drawing (on the timer)
+
+    def redraw(self) -> None:
+        if self.history is None:
+            return
+        snap = self.history.snapshot()
+        if snap.version == self._drawn_version:
+            return
+        self._drawn_version = snap.version
+        self._draw_source(snap)
+        self._draw_gauges(snap)
+        self._draw_figures(snap)
+        self.query_one(LossSparkline).show(snap.series["loss"][1])
+        for plot in self.query(MetricPlot):
+            plot.replot(snap.series)
+
+    def _draw_source(self, snap: Snapshot) -> None:
+        live = self.history is self.live
+        what = "live" if live else "opened"
+        status = snap.done.status if snap.done else snap.state
+        self.query_one("#monitor-source", Static).update(f"{what}: {snap.run_dir or self.history.source} · {status}")
+
+    def _draw_gauges(self, snap: Snapshot) -> None:
+        m = snap.memory
+        if m is None:
+            return
+        total = m.system_total or max(m.mlx_peak, m.rss, 1)
+        for gauge_id, value in (("g-active", m.mlx_active), ("g-cache", m.mlx_cache), ("g-rss", m.rss)):
+            self.query_one(f"#{gauge_id}", Gauge).update(value, total, format_gb(value))
+        peak_level = "warn" if m.system_total and m.mlx_peak > 0.8 * m.system_total else "ok"
+        self.query_one("#g-peak", Gauge).update(m.mlx_peak, total, format_gb(m.mlx_peak), peak_level)
+        available = f"{m.system_available / GB:.2f} of {m.system_total / GB:.1f} GB"
+        self.query_one("#g-available", Gauge).update(
+            m.system_available, total, available, available_level(m.system_available, snap.guard_gb)
+        )
+
+    def _draw_figures(self, snap: Snapshot) -> None:
+        s = snap.last_step
+        if s is None:
+            self.query_one("#figures", Static).update(f"state: {snap.state}\nwaiting for the first update")
+            return
+        best = format_loss(snap.best_val_loss)
+        self.query_one("#figures", Static).update(
+            f"update {s.step}/{s.total_steps} · epoch {s.epoch} ({s.epoch_progress:.0%})\n"
+            f"loss {format_loss(s.loss)} · best val loss {best} · last val {format_loss(snap.last_val_loss)}\n"
+            f"{s.tokens_per_second:.0f} tokens/s · {s.iterations_per_second:.2f} steps/s · "
+            f"lr {s.learning_rate:.2e}\n"
+            f"elapsed {format_duration(s.elapsed)} · ETA {format_duration(s.eta)} · "
+            f"guard {snap.guard_gb:.2f} GB"
+        )

@@ -1,0 +1,150 @@
+"""The Preflight tab: runs preflight in the engine; checks and probe results appear as they finish;
+one key applies the recommended config."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import yaml
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Label, Static, TabPane
+
+from engine import protocol as P
+
+from ..messages import EngineEvent, EngineExited, RecommendedConfig
+from ..runs import format_gb
+
+STATUS_STYLE = {"pass": ("✔ pass", "bold green"), "warn": ("! warn", "bold yellow"), "fail": ("✘ fail", "bold red")}
+
+
+class PreflightTab(TabPane):
+    BINDINGS = [
+        Binding("r", "run_preflight", "Run preflight"),
+        Binding("p", "run_preflight(True)", "With probe"),
+        Binding("a", "apply_recommended", "Apply recommended"),
+    ]
+
+    DEFAULT_CSS = """
+    PreflightTab #preflight-bar { height: auto; }
+    PreflightTab #preflight-bar Button { margin-right: 1; }
+    PreflightTab #preflight-status { padding: 1 1 0 1; width: 1fr; }
+    PreflightTab #preflight-status.-error { color: $error; }
+    PreflightTab #checks { height: 2fr; }
+    PreflightTab #preflight-lower { height: 1fr; }
+    PreflightTab #probes { width: 1fr; }
+    PreflightTab #recommended-box { width: 50; padding-left: 1; }
+    PreflightTab .caption { text-style: bold; color: $accent; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Preflight", id="preflight")
+        self.recommended: Optional[dict] = None
+        self.counts = {"pass": 0, "warn": 0, "fail": 0}
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="preflight-bar"):
+            yield Button("Run preflight (r)", id="run", variant="primary")
+            yield Button("With probe (p)", id="run-probe")
+            yield Button("Apply recommended (a)", id="apply", disabled=True)
+            yield Static("Press r to check this machine, the data and the model.", id="preflight-status")
+        table = DataTable(id="checks", cursor_type="row", zebra_stripes=True)
+        table.add_columns("status", "category", "check", "detail", "fix")
+        yield table
+        with Horizontal(id="preflight-lower"):
+            with Vertical(id="probes-box"):
+                yield Label("Probe (real steps at candidate sizes)", classes="caption")
+                probes = DataTable(id="probes", cursor_type="row")
+                probes.add_columns("batch", "seq length", "peak memory", "tokens/s", "fits", "note")
+                yield probes
+            with Vertical(id="recommended-box"):
+                yield Label("Recommended config", classes="caption")
+                yield Static("(after preflight)", id="recommended")
+
+    # -- running
+
+    def action_run_preflight(self, probe: bool = False) -> None:
+        link = self.app.links["preflight"]
+        if link.running:
+            self.app.notify("Preflight is already running.", severity="warning")
+            return
+        config_tab = self.app.config_tab
+        cfg, _ = config_tab.resolved(require_model=False)
+        self.query_one("#checks", DataTable).clear()
+        self.query_one("#probes", DataTable).clear()
+        self.counts = dict.fromkeys(self.counts, 0)
+        try:
+            link.start()
+        except OSError as e:
+            self._status(f"The engine could not be started ({e.strerror or e}).", error=True)
+            return
+        link.send(P.Preflight(config=cfg if cfg is not None else config_tab.raw(),
+                              out=str(self.app.options.checkpoints_dir), probe=probe))
+        self._status("Running preflight" + (" with a probe of real steps…" if probe else "…"))
+
+    def action_apply_recommended(self) -> None:
+        if self.recommended is None:
+            self.app.notify("There is no recommended config yet; run preflight first (r).", severity="warning")
+            return
+        self.post_message(RecommendedConfig(self.recommended, apply=True))
+
+    @on(Button.Pressed, "#run")
+    def _run_pressed(self) -> None:
+        self.action_run_preflight()
+
+    @on(Button.Pressed, "#run-probe")
+    def _probe_pressed(self) -> None:
+        self.action_run_preflight(True)
+
+    @on(Button.Pressed, "#apply")
+    def _apply_pressed(self) -> None:
+        self.action_apply_recommended()
+
+    # -- engine events
+
+    def _status(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#preflight-status", Static)
+        status.update(text)
+        status.set_class(error, "-error")
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        if isinstance(event, P.Check):
+            label, style = STATUS_STYLE.get(event.status, (event.status, ""))
+            self.counts[event.status] = self.counts.get(event.status, 0) + 1
+            self.query_one("#checks", DataTable).add_row(
+                Text(label, style=style), event.category, event.name,
+                Text(event.detail, overflow="fold"), Text(event.fix, style="italic"),
+            )
+            self._status(self._summary("Checking…"))
+        elif isinstance(event, P.ProbeResult):
+            self.query_one("#probes", DataTable).add_row(
+                str(event.batch_size), str(event.max_seq_length), format_gb(event.peak_memory),
+                f"{event.tokens_per_second:.0f}",
+                Text("yes", style="green") if event.ok else Text("no", style="red"), event.note,
+            )
+        elif isinstance(event, P.PreflightDone):
+            self.recommended = dict(event.recommended)
+            self.query_one("#recommended", Static).update(
+                yaml.safe_dump(self.recommended, sort_keys=False, default_flow_style=False).strip()
+                + "\n\nPress a to apply it to the Config tab."
+            )
+            self.query_one("#apply", Button).disabled = False
+            where = f" Report: {event.report_path}." if event.report_path else ""
+            self._status(self._summary("Preflight finished.") + where)
+            self.post_message(RecommendedConfig(self.recommended))
+        elif isinstance(event, P.Error):
+            self._status(f"Preflight failed: {event.message}", error=True)
+        elif isinstance(event, P.Warning):
+            self.app.notify(event.message, title="Preflight", severity="warning")
+
+    def on_engine_exited(self, message: EngineExited) -> None:
+        if message.crashed:
+            self._status(message.report, error=True)
+
+    def _summary(self, lead: str) -> str:
+        c = self.counts
+        return f"{lead} {c['pass']} passed, {c['warn']} warnings, {c['fail']} failed."

@@ -1,0 +1,237 @@
+"""The Train tab: start, pause, continue and stop a run; its progress and event log; resume any
+earlier run found in the checkpoints folder. An engine that dies or prints garbage shows here
+with its last stderr lines, and the app stays usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Label, ProgressBar, Static, TabPane
+
+from engine import protocol as P
+
+from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
+from ..runs import RunError, RunHistory, RunInfo, format_duration, format_loss, list_runs, new_run_dir, run_config
+from ..widgets.event_log import EventLog
+
+
+class TrainTab(TabPane):
+    BINDINGS = [
+        Binding("s", "start", "Start"),
+        Binding("p", "pause", "Pause"),
+        Binding("c", "continue", "Continue"),
+        Binding("x", "stop", "Stop"),
+        Binding("r", "resume_run", "Resume run"),
+        Binding("o", "open_run", "Open in Monitor"),
+    ]
+
+    DEFAULT_CSS = """
+    TrainTab #train-bar { height: auto; }
+    TrainTab #train-bar Button { margin-right: 1; }
+    TrainTab #train-state { width: 1fr; padding: 1 1 0 1; }
+    TrainTab #progress-row { height: 1; margin: 1 0 0 0; }
+    TrainTab #progress-row ProgressBar { width: 50; }
+    TrainTab #progress-text { width: 1fr; }
+    TrainTab #train-error {
+        display: none; border: round $error; color: $error; max-height: 14; overflow-y: auto;
+        padding: 0 1; margin-top: 1;
+    }
+    TrainTab #train-error.-visible { display: block; }
+    TrainTab #train-lower { margin-top: 1; }
+    TrainTab #runs-box { width: 58; padding-left: 1; }
+    TrainTab #runs { height: 1fr; }
+    TrainTab .caption { text-style: bold; color: $accent; }
+    TrainTab .hint { color: $text-muted; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Train", id="train")
+        self.busy = False
+        self.state = "idle"
+        self.run_dir: Optional[str] = None
+        self.runs: list[RunInfo] = []
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="train-bar"):
+            yield Button("Start (s)", id="start", variant="success")
+            yield Button("Pause (p)", id="pause", disabled=True)
+            yield Button("Continue (c)", id="continue", disabled=True)
+            yield Button("Stop (x)", id="stop", variant="error", disabled=True)
+            yield Static("No run yet. Press s to train with the Config tab's settings.", id="train-state")
+        with Horizontal(id="progress-row"):
+            yield ProgressBar(total=1, show_eta=False, id="progress")
+            yield Static("", id="progress-text")
+        yield Static("", id="train-error")
+        with Horizontal(id="train-lower"):
+            yield EventLog(id="train-log")
+            with Vertical(id="runs-box"):
+                yield Label("Runs in the checkpoints folder", classes="caption")
+                table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+                table.add_columns("run", "status", "update", "best val")
+                yield table
+                yield Label("r: resume the selected run · o: open it in Monitor", classes="hint")
+
+    def on_mount(self) -> None:
+        self.refresh_runs()
+
+    # -- runs list
+
+    def refresh_runs(self) -> None:
+        self.runs = list_runs(self.app.options.checkpoints_dir)
+        table = self.query_one("#runs", DataTable)
+        table.clear()
+        for run in self.runs:
+            step = f"{run.step}/{run.total_steps}" if run.total_steps else "-"
+            table.add_row(run.name, run.status, step, format_loss(run.best_val_loss), key=str(run.path))
+
+    def selected_run(self) -> Optional[RunInfo]:
+        table = self.query_one("#runs", DataTable)
+        if not self.runs or table.cursor_row is None or table.cursor_row >= len(self.runs):
+            return None
+        return self.runs[table.cursor_row]
+
+    # -- commands
+
+    def _begin(self, config: dict, run_dir: Path, resume: bool) -> None:
+        link = self.app.links["train"]
+        history = RunHistory()
+        self.show_error(None)
+        try:
+            link.start(history)
+        except OSError as e:
+            self.show_error(f"The engine could not be started ({e.strerror or e}).")
+            return
+        if not link.send(P.Train(config=config, run_dir=str(run_dir), resume=resume)):
+            self.show_error("The engine did not accept the train command; it may have exited.")
+            return
+        self.busy, self.run_dir = True, str(run_dir)
+        log = self.query_one(EventLog)
+        log.write(f"── {'resuming' if resume else 'starting'} {run_dir} ──")
+        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
+        self.query_one("#progress-text", Static).update("loading…")
+        self._set_state("loading")
+        self.post_message(TrainingStarted(history))
+
+    def action_start(self) -> None:
+        if self.busy:
+            self.app.notify("A run is in progress; stop it first (x).", severity="warning")
+            return
+        config, error = self.app.config_tab.resolved(require_model=True)
+        if config is None:
+            self.show_error(f"The config is not valid: {error} Fix it in the Config tab (F2).")
+            return
+        options = self.app.options
+        self._begin(config, new_run_dir(options.checkpoints_dir, options.clock()), resume=False)
+
+    def action_resume_run(self) -> None:
+        if self.busy:
+            self.app.notify("A run is in progress; stop it first (x).", severity="warning")
+            return
+        run = self.selected_run()
+        if run is None:
+            self.app.notify("There is no earlier run in the checkpoints folder to resume.", severity="warning")
+            return
+        if not run.resumable:
+            why = "it completed" if run.status == "completed" else "it has no checkpoint yet"
+            self.app.notify(f"{run.name} cannot be resumed: {why}.", severity="warning")
+            return
+        try:
+            config = run_config(run.path)
+        except RunError as e:
+            self.show_error(str(e))
+            return
+        self._begin(config, run.path, resume=True)
+
+    def action_open_run(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            self.app.notify("There is no run in the checkpoints folder to open.", severity="warning")
+            return
+        self.post_message(OpenRun(str(run.path)))
+
+    def _command(self, command: P.Record, what: str) -> None:
+        if not self.busy:
+            self.app.notify(f"There is no run to {what}.", severity="warning")
+            return
+        if not self.app.links["train"].send(command):
+            self.show_error(f"The engine did not accept the {what} command; it may have exited.")
+
+    def action_pause(self) -> None:
+        self._command(P.Pause(), "pause")
+
+    def action_continue(self) -> None:
+        self._command(P.Resume(), "continue")
+
+    def action_stop(self) -> None:
+        self._command(P.Stop(), "stop")
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        actions = {"start": self.action_start, "pause": self.action_pause,
+                   "continue": self.action_continue, "stop": self.action_stop}
+        if event.button.id in actions:
+            actions[event.button.id]()
+
+    @on(DataTable.RowSelected, "#runs")
+    def _run_selected(self) -> None:
+        self.action_resume_run()
+
+    # -- engine events
+
+    def show_error(self, text: Optional[str]) -> None:
+        box = self.query_one("#train-error", Static)
+        box.update(text or "")
+        box.set_class(bool(text), "-visible")
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        active = self.busy and state not in ("idle", "stopping")
+        self.query_one("#start", Button).disabled = self.busy
+        self.query_one("#pause", Button).disabled = not (active and state == "training")
+        self.query_one("#continue", Button).disabled = not (active and state == "paused")
+        self.query_one("#stop", Button).disabled = not active
+        where = f" · {self.run_dir}" if self.run_dir else ""
+        self.query_one("#train-state", Static).update(f"engine: {state}{where}")
+
+    def on_training_progress(self, message: TrainingProgress) -> None:
+        step = message.step
+        self.query_one("#progress", ProgressBar).update(total=max(1, step.total_steps), progress=step.step)
+        self.query_one("#progress-text", Static).update(
+            f" update {step.step}/{step.total_steps} · epoch {step.epoch} ({step.epoch_progress:.0%}) · "
+            f"elapsed {format_duration(step.elapsed)} · ETA {format_duration(step.eta)} · "
+            f"loss {format_loss(step.loss)}"
+        )
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        self.query_one(EventLog).add_event(event)
+        if isinstance(event, P.State):
+            if self.busy:  # after done, the run's outcome stays on show
+                self._set_state(event.state)
+        elif isinstance(event, P.Config) and event.run_dir:
+            self.run_dir = event.run_dir
+        elif isinstance(event, P.Done):
+            self.busy = False
+            self._set_state(f"{event.status}")
+            self.refresh_runs()
+        elif isinstance(event, P.Error):
+            text = event.message
+            if event.code == "protocol":
+                tail = "\n".join(self.app.links["train"].stderr_tail()) or "(no output on stderr)"
+                text = f"{text}\nThe engine's last stderr lines:\n{tail}"
+            self.show_error(text)
+
+    def on_engine_exited(self, message: EngineExited) -> None:
+        was_busy, self.busy = self.busy, False
+        if message.crashed:
+            self.show_error(message.report)
+            self.query_one(EventLog).add_error(message.report.splitlines()[0])
+            self._set_state("exited")
+        elif was_busy:
+            self._set_state("idle")
+        self.refresh_runs()

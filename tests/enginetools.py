@@ -1,0 +1,73 @@
+"""Helpers for engine tests: run training in-process or through the real engine subprocess."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from engine import protocol as P
+
+
+def base_config(model: Path, data: Path, **kw) -> dict:
+    cfg = {
+        "model": str(model), "data": str(data), "batch_size": 2, "iters": 12, "num_layers": 2,
+        "lora_parameters": {"rank": 4, "scale": 10.0, "dropout": 0.0}, "learning_rate": 1e-3,
+        "steps_per_eval": 4, "save_every": 3, "val_batches": -1, "seed": 3, "max_seq_length": 256,
+        "memory_guard_gb": 0.0, "low_memory_gb": 0.0, "keep_checkpoints": 0,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def train_in_process(cfg: dict, run_dir: Path, resume: bool = False) -> tuple[P.Done, list]:
+    from engine.server import Context
+    from engine.trainer import train
+
+    out = io.StringIO()
+    ctx = Context(out)
+    done = train(ctx, cfg, run_dir, resume)
+    events = [P.parse_event(line) for line in out.getvalue().splitlines()]
+    return done, events
+
+
+def adapter_arrays(path: Path) -> dict:
+    import mlx.core as mx
+
+    return mx.load(str(path))
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(np.array(a[k]), np.array(b[k])), k
+
+
+class EngineRun:
+    """The real engine process with a deadline on every wait."""
+
+    def __init__(self):
+        from farense_tui.engine_client import EngineProcess
+
+        self.engine = EngineProcess().start()
+        self.events: list = []
+        self._it = self.engine.events()
+
+    def send(self, record) -> None:
+        assert self.engine.send(record)
+
+    def until(self, predicate, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        for ev in self._it:
+            self.events.append(ev)
+            if predicate(ev):
+                return ev
+            if time.monotonic() > deadline:
+                break
+        raise AssertionError(f"condition not met; last events: {[e.type for e in self.events[-5:]]}; "
+                             f"stderr: {list(self.engine.stderr_tail)[-5:]}")
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,372 @@
+"""The chat session: streaming, cancel, adapter switching, sampler settings, history, and the
+protocol round trip through a real engine process. All on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+
+from engine import protocol as P  # noqa: E402
+from engine.chat import ChatError, ChatSession, ReplySettings  # noqa: E402
+
+GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
+
+
+def make_adapter(model_path, out, *, num_layers=2, rank=4, keys=None, seed=1) -> Path:
+    """An mlx-lm adapter folder (the layout our trainer writes) with random non-zero weights."""
+    import mlx_lm
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = mlx_lm.load(str(model_path))
+    model.freeze()
+    lora = {"rank": rank, "scale": 10.0, "dropout": 0.0}
+    if keys:
+        lora["keys"] = keys
+    linear_to_lora_layers(model, num_layers, lora)
+    mx.random.seed(seed)
+    weights = {
+        name: (mx.random.normal(w.shape) * 0.05 if name.endswith("lora_b") else w)
+        for name, w in tree_flatten(model.trainable_parameters())
+    }
+    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
+    config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": lora}
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+def logits(model, tokens) -> mx.array:
+    out = model(mx.array(tokens)[None])
+    mx.eval(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": make_adapter(tiny_model, root / "a", num_layers=2, seed=1),
+        "b": make_adapter(tiny_model, root / "b", num_layers=4, rank=8, seed=2,
+                          keys=["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def session(tiny_model):
+    return ChatSession.load(str(tiny_model))
+
+
+@pytest.fixture(autouse=True)
+def clean_session(request):
+    """Tests sharing the module's session start from the bare base and an empty history."""
+    yield
+    if "session" in request.fixturenames:
+        s = request.getfixturevalue("session")
+        s.set_adapter(None)
+        s.reset()
+
+
+def reference_text(model_path, adapter, tokens, max_tokens) -> str:
+    import mlx_lm
+
+    model, tokenizer = mlx_lm.load(str(model_path), adapter_path=str(adapter) if adapter else None)
+    return mlx_lm.generate(model, tokenizer, tokens, max_tokens=max_tokens)
+
+
+# ------------------------------------------------------------------ streaming
+
+
+@pytest.mark.parametrize("use_adapter", [False, True])
+def test_streamed_tokens_make_the_reply_and_match_mlx_lm(session, tiny_model, adapters, use_adapter):
+    adapter = adapters["a"] if use_adapter else None
+    session.set_adapter(str(adapter) if adapter else None)
+    settings = ReplySettings(max_tokens=24, **GREEDY)
+    tokens = session.encode(session.messages_for("Quando foi fundado o Farense?", settings))
+    pieces: list[str] = []
+    reply = session.reply("Quando foi fundado o Farense?", settings, on_token=pieces.append)
+
+    assert pieces and all(pieces)
+    assert "".join(pieces) == reply.text
+    assert reply.text == reference_text(tiny_model, adapter, tokens, 24)
+    assert reply.prompt_tokens == len(tokens)
+    assert reply.finish_reason in ("stop", "length")
+    assert reply.generation_tokens >= 1 and reply.generation_tps > 0
+    assert 0 < reply.time_to_first_token < 30
+    assert reply.peak_memory > 0
+
+
+def test_prompt_uses_the_chat_template(session):
+    settings = ReplySettings(system="Responde em português.")
+    tokens = session.encode(session.messages_for("Olá", settings))
+    text = session.tokenizer.decode(tokens)
+    assert text == ("<|im_start|>system\nResponde em português.<|im_end|>\n"
+                    "<|im_start|>user\nOlá<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_max_tokens_ends_with_length(session):
+    reply = session.reply("Olá", ReplySettings(max_tokens=3, **GREEDY))
+    assert reply.finish_reason == "length"
+    assert reply.generation_tokens == 3
+
+
+# --------------------------------------------------------------------- cancel
+
+
+def test_should_cancel_stops_after_the_first_token(session):
+    pieces: list[str] = []
+    asked = []
+
+    def should_cancel():
+        asked.append(True)
+        return True
+
+    reply = session.reply("Olá", ReplySettings(max_tokens=500, **GREEDY), on_token=pieces.append,
+                          should_cancel=should_cancel)
+    assert reply.finish_reason == "cancelled"
+    assert reply.generation_tokens == 1 and len(asked) == 1
+    assert reply.text == "".join(pieces)
+
+
+# ---------------------------------------------------------------- adapters
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_switching_adapters_gives_a_fresh_loads_logits(tiny_model, tiny_quantized_model, tmp_path, quantized):
+    import mlx_lm
+
+    base_path = tiny_quantized_model if quantized else tiny_model
+    a = make_adapter(base_path, tmp_path / "a", num_layers=2, seed=1)
+    b = make_adapter(base_path, tmp_path / "b", num_layers=4, rank=8, seed=2,
+                     keys=["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"])
+    session = ChatSession.load(str(base_path), adapter=str(a))
+    tokens = session.encode([{"role": "user", "content": "O Farense venceu?"}])
+
+    def fresh(adapter):
+        model, _ = mlx_lm.load(str(base_path), adapter_path=str(adapter) if adapter else None)
+        return logits(model, tokens)
+
+    expected = {"a": fresh(a), "b": fresh(b), None: fresh(None)}
+    assert not mx.array_equal(expected["a"], expected[None])
+    assert not mx.array_equal(expected["b"], expected["a"])
+
+    assert mx.array_equal(logits(session.model, tokens), expected["a"])
+    for name in ("b", None, "a", None, "b"):
+        session.set_adapter(str({"a": a, "b": b}[name]) if name else None)
+        assert session.adapter == (str(Path({"a": a, "b": b}[name]).resolve()) if name else None)
+        assert mx.array_equal(logits(session.model, tokens), expected[name]), name
+
+
+def test_switching_gives_the_same_greedy_reply_as_a_fresh_load(session, tiny_model, adapters):
+    settings = ReplySettings(max_tokens=16, keep_history=False, **GREEDY)
+    session.set_adapter(str(adapters["b"]))
+    switched = session.reply("Resume a época", settings).text
+    fresh = ChatSession.load(str(tiny_model), adapter=str(adapters["b"])).reply("Resume a época", settings).text
+    assert switched == fresh
+
+
+def test_a_run_folder_uses_its_best_adapter(session, adapters, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(adapters["a"], run / "adapters")
+    session.set_adapter(str(run))
+    assert session.adapter == str((run / "adapters").resolve())
+
+
+def test_bad_adapters_are_one_sentence_and_leave_the_base(session, tiny_model, tmp_path):
+    tokens = session.encode([{"role": "user", "content": "x"}])
+    base = logits(session.model, tokens)
+
+    with pytest.raises(ChatError, match="does not exist"):
+        session.set_adapter(str(tmp_path / "nowhere"))
+    with pytest.raises(ChatError, match="No adapter found"):
+        session.set_adapter(str(tmp_path))
+
+    # weights for layers the config does not wrap: mlx-lm rejects them
+    bad = make_adapter(tiny_model, tmp_path / "bad", num_layers=4)
+    (bad / "adapter_config.json").write_text(json.dumps(
+        {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": {"rank": 4, "scale": 10.0, "dropout": 0.0}}))
+    with pytest.raises(ChatError, match="does not fit") as err:
+        session.set_adapter(str(bad))
+    assert "\n" not in str(err.value)
+    assert session.adapter is None
+    assert mx.array_equal(logits(session.model, tokens), base)
+
+
+def test_missing_model_is_one_sentence(tmp_path):
+    with pytest.raises(ChatError, match="does not exist"):
+        ChatSession.load(str(tmp_path / "no-model"))
+    with pytest.raises(ChatError, match="no config.json"):
+        ChatSession.load(str(tmp_path))
+
+
+# ----------------------------------------------------------------- sampling
+
+
+def test_sampler_settings_reach_mlx_lm(session, monkeypatch):
+    import mlx_lm.sample_utils as su
+
+    seen = {}
+    real_sampler, real_processors = su.make_sampler, su.make_logits_processors
+
+    def make_sampler(*args, **kwargs):
+        seen["sampler"] = (args, kwargs)
+        return real_sampler(*args, **kwargs)
+
+    def make_logits_processors(*args, **kwargs):
+        seen["processors"] = (args, kwargs)
+        return real_processors(*args, **kwargs)
+
+    monkeypatch.setattr(su, "make_sampler", make_sampler)
+    monkeypatch.setattr(su, "make_logits_processors", make_logits_processors)
+    session.reply("Olá", ReplySettings(temperature=0.6, top_p=0.8, min_p=0.1, repetition_penalty=1.3,
+                                       repetition_context_size=32, max_tokens=2, seed=3))
+    assert seen["sampler"] == ((0.6, 0.8, 0.1), {})
+    assert seen["processors"] == ((), {"repetition_penalty": 1.3, "repetition_context_size": 32})
+
+
+def test_a_seed_makes_sampled_replies_reproducible(session):
+    settings = ReplySettings(temperature=1.5, top_p=1.0, min_p=0.0, max_tokens=20, seed=11, keep_history=False)
+    first = session.reply("Olá", settings).text
+    again = session.reply("Olá", settings).text
+    other = [session.reply("Olá", ReplySettings(**{**vars(settings), "seed": s})).text for s in (12, 13, 14)]
+    assert first == again
+    assert any(text != first for text in other)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", -0.1), ("top_p", 1.5), ("min_p", 1.0), ("repetition_penalty", 0.0),
+    ("repetition_context_size", 0), ("max_tokens", 0),
+])
+def test_bad_settings_are_rejected_before_generating(session, field, value):
+    with pytest.raises(ChatError, match=field):
+        session.reply("Olá", ReplySettings(**{field: value}))
+    assert session.history == []
+
+
+def test_defaults_are_the_protocols_and_guard_against_loops():
+    settings = ReplySettings()
+    chat = P.Chat(id="x", message="y")
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "repetition_context_size", "max_tokens"):
+        assert getattr(settings, name) == getattr(chat, name)
+    assert settings.temperature > 0 and settings.repetition_penalty > 1
+
+
+# ------------------------------------------------------------------ history
+
+
+def test_history_is_kept_and_reset(session):
+    settings = ReplySettings(max_tokens=4, **GREEDY)
+    first = session.reply("Primeira pergunta", settings)
+    assert session.history == [{"role": "user", "content": "Primeira pergunta"},
+                               {"role": "assistant", "content": first.text}]
+    second = session.reply("Segunda", settings)
+    assert len(session.history) == 4
+    assert second.prompt_tokens > first.prompt_tokens
+
+    alone = session.reply("Segunda", ReplySettings(max_tokens=4, keep_history=False, **GREEDY))
+    assert len(session.history) == 4
+    assert alone.prompt_tokens < second.prompt_tokens
+
+    session.reset()
+    assert session.history == []
+    assert session.reply("Primeira pergunta", settings).prompt_tokens == first.prompt_tokens
+
+
+# ------------------------------------------------------ through the engine
+
+
+class Engine:
+    """A real ``python -m engine`` process with a reader that hands back events by kind."""
+
+    def __init__(self):
+        from farense_tui.engine_client import EngineProcess
+
+        self.proc = EngineProcess().start()
+        self.events = self.proc.events()
+        hello = next(self.events)
+        assert hello.type == "hello"
+
+    def send(self, record):
+        assert self.proc.send(record)
+
+    def until(self, *kinds, on_event=None) -> list:
+        """Events up to and including the first of ``kinds``."""
+        seen = []
+        for event in self.events:
+            seen.append(event)
+            if on_event:
+                on_event(event)
+            if event.type in kinds:
+                return seen
+        raise AssertionError(f"the engine ended before {kinds}: {self.proc.crash_report()}")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = Engine()
+    yield e
+    e.proc.close()
+
+
+@pytest.mark.slow
+def test_protocol_round_trip(engine, tiny_model, adapters):
+    engine.send(P.Chat(id="early", message="Olá"))
+    error = engine.until("error")[-1]
+    assert "chat_load" in error.message and "\n" not in error.message
+
+    engine.send(P.ChatLoad(model=str(tiny_model), adapter=str(adapters["a"])))
+    loaded = engine.until("chat_loaded", "error")[-1]
+    assert loaded.type == "chat_loaded", loaded
+    assert loaded.adapter == str(adapters["a"].resolve())
+
+    engine.send(P.Chat(id="r1", message="Quando foi fundado o Farense?", max_tokens=20, **GREEDY))
+    events = engine.until("reply_done")
+    tokens = [e for e in events if e.type == "token"]
+    done = events[-1]
+    assert tokens and all(t.id == "r1" for t in tokens)
+    assert "".join(t.text for t in tokens) == done.text
+    assert done.finish_reason in ("stop", "length") and done.generation_tokens > 0
+
+    session = ChatSession.load(str(tiny_model), adapter=str(adapters["a"]))
+    prompt = session.encode([{"role": "user", "content": "Quando foi fundado o Farense?"}])
+    assert done.text == reference_text(tiny_model, adapters["a"], prompt, 20)
+
+    # switch to the bare base and reset: the same question gives the base's greedy answer
+    engine.send(P.ChatAdapter(adapter=None))
+    assert engine.until("chat_loaded")[-1].adapter is None
+    engine.send(P.ChatReset())
+    engine.send(P.Chat(id="r2", message="Quando foi fundado o Farense?", max_tokens=20, **GREEDY))
+    done = engine.until("reply_done")[-1]
+    assert done.text == reference_text(tiny_model, None, prompt, 20)
+
+
+@pytest.mark.slow
+def test_cancel_through_the_engine_stops_at_once_and_later_commands_wait(engine, tiny_model):
+    engine.send(P.ChatLoad(model=str(tiny_model)))
+    assert engine.until("chat_loaded", "error")[-1].type == "chat_loaded"
+
+    def cancel_on_first_token(event):
+        if event.type == "token" and event.id == "long" and not sent:
+            sent.append(True)
+            engine.send(P.Cancel(id="other"))  # another reply's cancel stops nothing
+            engine.send(P.Chat(id="next", message="Olá", max_tokens=3, **GREEDY))
+            engine.send(P.Cancel(id="long"))
+
+    sent: list = []
+    engine.send(P.Chat(id="long", message="Olá", max_tokens=100_000, **GREEDY))
+    events = engine.until("reply_done", on_event=cancel_on_first_token)
+    done = events[-1]
+    assert done.id == "long" and done.finish_reason == "cancelled"
+    assert done.generation_tokens < 5_000
+    assert "".join(e.text for e in events if e.type == "token") == done.text
+
+    # the chat sent mid-reply is answered afterwards
+    events = engine.until("reply_done")
+    assert events[-1].id == "next" and events[-1].generation_tokens == 3

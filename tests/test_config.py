@@ -1,0 +1,84 @@
+import pytest
+
+from engine import config as C
+
+
+def ok(**kw):
+    kw.setdefault("model", "some/model")
+    return C.validate(kw)[0]
+
+
+def test_defaults_fill_every_key():
+    cfg = ok()
+    assert set(cfg) == {s.key for s in C.SETTINGS}
+    assert cfg["epochs"] == 1.0 and cfg["iters"] is None
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"batch_size": 0}, "batch_size is 0, but it must be between 1 and 4096."),
+    ({"batch_size": 2.5}, "batch_size is 2.5, but it must be a whole number."),
+    ({"batch_size": True}, "batch_size is True, but it must be a whole number."),
+    ({"learning_rate": -1}, "learning_rate is -1, but it must be greater than 0.0 and at most 1.0."),
+    ({"learning_rate": "fast"}, "learning_rate is 'fast', but it must be a number."),
+    ({"fine_tune_type": "qlora"}, "fine_tune_type is 'qlora', but it must be one of: lora, dora, full."),
+    ({"base_dtype": "int8"}, "base_dtype is 'int8', but it must be one of: auto, float32, bfloat16, float16, keep."),
+    ({"batchsize": 4}, "batchsize is not a known setting. Did you mean batch_size?"),
+    ({"epochs": 2, "iters": 100}, "epochs and iters are both set; set only one of them."),
+    ({"lr_schedule": "cos"}, "lr_schedule is 'cos', but it must be one of: constant, cosine, linear."),
+    ({"lora_parameters": {"rank": 8, "alpha": 16}}, "lora_parameters.alpha is 16, but mlx-lm uses scale, not alpha"),
+    ({"lora_parameters": {"rank": 0, "scale": 1}}, "lora_parameters.rank is 0, but it must be between 1 and 4096."),
+    ({"num_layers": 0}, "num_layers is 0, but it must be between 1 and 100000 (or -1)."),
+    ({"mask_prompt": "yes"}, "mask_prompt is 'yes', but it must be true or false."),
+    ({"memory_guard_gb": -1}, "memory_guard_gb is -1, but it must be at least 0.0."),
+])
+def test_bad_values_get_one_sentence_naming_key_value_and_allowed(raw, message):
+    raw = {"model": "m", **raw}
+    with pytest.raises(C.ConfigError) as e:
+        C.validate(raw)
+    assert str(e.value).startswith(message)
+    assert str(e.value).count("\n") == 0
+
+
+def test_missing_model_is_reported():
+    with pytest.raises(C.ConfigError, match="model is not set"):
+        C.validate({})
+
+
+def test_mlx_lm_lora_yaml_loads_with_the_same_meaning(tmp_path):
+    f = tmp_path / "lora.yaml"
+    f.write_text(
+        "model: mlx-community/Mistral-7B-Instruct-v0.3-4bit\ntrain: true\ndata: data\n"
+        "fine_tune_type: lora\noptimizer: adamw\nseed: 0\nnum_layers: 8\nbatch_size: 2\niters: 600\n"
+        "val_batches: 25\nlearning_rate: 1e-5\nsteps_per_report: 10\nsteps_per_eval: 200\n"
+        "resume_adapter_file: null\nadapter_path: adapters\nsave_every: 100\ntest: false\n"
+        "max_seq_length: 2048\ngrad_checkpoint: false\nmask_prompt: true\n"
+        "lora_parameters:\n  keys: [self_attn.q_proj, self_attn.v_proj]\n  rank: 8\n  scale: 20.0\n  dropout: 0.0\n"
+        "lr_schedule:\n  name: cosine_decay\n  warmup: 100\n  warmup_init: 1e-7\n  arguments: [1e-5, 1000, 1e-7]\n"
+    )
+    cfg, notes = C.validate(C.load_yaml(f))
+    assert cfg["learning_rate"] == 1e-5  # YAML 1.1 would read "1e-5" as a string
+    assert cfg["iters"] == 600 and cfg["epochs"] is None
+    assert cfg["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
+    assert cfg["lr_schedule"]["name"] == "cosine_decay" and cfg["lr_schedule"]["warmup"] == 100
+    assert any("adapter_path" in n for n in notes)
+
+
+def test_yaml_round_trip_is_atomic_and_lossless(tmp_path):
+    cfg = ok(batch_size=2, lr_schedule="cosine")
+    path = tmp_path / "c.yaml"
+    C.save_yaml(cfg, path)
+    assert C.load(path) == cfg
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]  # no temp file left behind
+
+
+def test_broken_yaml_is_one_sentence(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("batch_size: [1,\n")
+    with pytest.raises(C.ConfigError, match=r"is not valid YAML at line \d+; fix the syntax"):
+        C.load_yaml(f)
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C.load_yaml(tmp_path / "missing.yaml")
+
+
+def test_effective_batch_size():
+    assert C.effective_batch_size(ok(batch_size=3, grad_accumulation_steps=4)) == 12

@@ -1,0 +1,76 @@
+import math
+
+import pytest
+
+from engine import batching
+from engine.config import validate
+from engine.schedule import learning_rate_at
+
+
+def cfg(**kw):
+    return validate({"model": "m", "learning_rate": 1e-3, **kw})[0]
+
+
+def test_warmup_is_linear_in_updates_then_constant():
+    c = cfg(warmup_steps=4)
+    assert [learning_rate_at(u, c, 10) for u in range(1, 7)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_cosine_after_warmup_ends_at_min_ratio():
+    c = cfg(warmup_steps=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    values = [learning_rate_at(u, c, 12) for u in range(1, 13)]
+    assert values[1] == pytest.approx(1e-3)  # end of warmup: the peak
+    assert values[-1] == pytest.approx(1e-4)  # last update: the floor
+    mid = learning_rate_at(7, c, 12)  # halfway through the decay
+    assert mid == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(values[1:], values[2:]))
+
+
+def test_linear_decay():
+    c = cfg(lr_schedule="linear", min_lr_ratio=0.0)
+    assert [learning_rate_at(u, c, 4) for u in (1, 2, 4)] == pytest.approx([7.5e-4, 5e-4, 0.0])
+
+
+def test_mlx_lm_schedule_mapping_keeps_its_meaning():
+    c = cfg(lr_schedule={"name": "cosine_decay", "arguments": [1e-3, 10, 0.0], "warmup": 2, "warmup_init": 0.0})
+    # mlx-lm: linear warmup 0 -> 1e-3 over steps 0..2, then cosine from step 3 on (step = update - 1)
+    assert learning_rate_at(1, c, 20) == pytest.approx(0.0)
+    assert learning_rate_at(3, c, 20) == pytest.approx(1e-3)
+    assert learning_rate_at(4, c, 20) == pytest.approx(1e-3)
+    assert learning_rate_at(9, c, 20) == pytest.approx(0.5e-3)
+
+
+def test_buckets_group_similar_lengths_and_keep_the_last_small_batch():
+    lengths = [5, 100, 7, 98, 6, 101, 99, 8, 300]
+    batches = batching.bucket_batches(lengths, 2)
+    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert [len(b) for b in batches] == [2, 2, 2, 2, 1]
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spans) <= 3
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+    a = batching.epoch_order(50, seed=1, epoch=0)
+    assert a == batching.epoch_order(50, seed=1, epoch=0)
+    assert a != batching.epoch_order(50, seed=1, epoch=1)
+    assert sorted(a) == list(range(50))
+
+
+def test_bucketing_beats_random_batches_on_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(20, 40), rng.randint(200, 400)]) for _ in range(400)]
+    bucketed = batching.bucket_batches(lengths, 4)
+    idx = list(range(400))
+    rng.shuffle(idx)
+    random_batches = [idx[i:i + 4] for i in range(0, 400, 4)]
+    eff_b = batching.padding_efficiency(lengths, bucketed, 512)
+    eff_r = batching.padding_efficiency(lengths, random_batches, 512)
+    assert eff_b > 0.95 > 0.75 > eff_r
+
+
+def test_remainder_micro_batches_make_an_update():
+    assert batching.updates_per_epoch(5, 2) == 3
+    assert batching.updates_per_epoch(4, 2) == 2

@@ -1,0 +1,210 @@
+"""The training engine on a tiny llama built in code."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine import protocol as P
+from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
+from tiny_model import write_chat_data
+
+
+def of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_run_folder_holds_every_output(tiny_model, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    done, events = train_in_process(base_config(tiny_model, tiny_data), run)
+    assert done.status == "completed", of(events, P.Error)
+    for name in ("events.jsonl", "config.yaml", "metrics.csv", "training_metrics.json", "training_summary.json",
+                 "adapters/adapters.safetensors", "adapters/adapter_config.json",
+                 "final/adapters.safetensors", "final/adapter_config.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_000003", "step_000006", "step_000009", "step_000012"]
+    # the run folder's stream is the stream the UI saw
+    written = [P.parse_event(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e.type for e in written] == [e.type for e in events]
+    steps = of(events, P.Step)
+    assert [s.step for s in steps] == list(range(1, 13))
+    s = steps[-1]
+    assert s.total_steps == 12 and s.tokens > 0 and s.trained_tokens == sum(x.tokens for x in steps)
+    assert s.memory.system_total > 0 and s.memory.rss > 0 and s.memory.mlx_peak > 0
+    assert [e.step for e in of(events, P.Eval)] == [4, 8, 12]
+    summary = json.loads((run / "training_summary.json").read_text())
+    assert summary["updates"] == 12 and summary["status"] == "completed"
+    metrics = json.loads((run / "training_metrics.json").read_text())
+    assert len(metrics["train"]) == 12 and len(metrics["eval"]) == 3
+    best = min(of(events, P.Eval), key=lambda e: e.val_loss)
+    assert summary["best_step"] == best.step
+
+
+def test_types_of_events_in_order(tiny_model, tiny_data, tmp_path):
+    _, events = train_in_process(base_config(tiny_model, tiny_data, iters=2), tmp_path / "run")
+    kinds = [e.type for e in events if e.type not in ("state", "log")]
+    assert kinds[:3] == ["config", "model", "data"]
+    assert kinds[-1] == "done"
+
+
+def test_batch_4_equals_batch_1_times_accumulation_4(tiny_model, tmp_path):
+    # 4 examples of different lengths: one update consumes all of them either way
+    data = write_chat_data(tmp_path / "data", n_train=4, n_valid=0, seed=5)
+    common = dict(iters=1, optimizer="sgd", learning_rate=0.5, steps_per_eval=100, save_every=100)
+    _, ev_a = train_in_process(base_config(tiny_model, data, batch_size=4, grad_accumulation_steps=1, **common), tmp_path / "a")
+    _, ev_b = train_in_process(base_config(tiny_model, data, batch_size=1, grad_accumulation_steps=4, **common), tmp_path / "b")
+    assert of(ev_a, P.Step)[0].tokens == of(ev_b, P.Step)[0].tokens
+    a = adapter_arrays(tmp_path / "a" / "final" / "adapters.safetensors")
+    b = adapter_arrays(tmp_path / "b" / "final" / "adapters.safetensors")
+    import numpy as np
+
+    moved = 0.0
+    for k in a:
+        diff = np.abs(np.array(a[k]) - np.array(b[k])).max()
+        assert diff < 1e-5, (k, diff)
+        moved = max(moved, float(np.abs(np.array(a[k])).max()))
+    assert moved > 0  # the update did change lora_b
+
+
+def test_trailing_micro_batches_are_an_update_not_dropped(tiny_model, tmp_path):
+    data = write_chat_data(tmp_path / "data", n_train=10, n_valid=2)
+    # 10 samples / batch 2 = 5 micro-batches; accumulation 2 -> updates of 2, 2 and 1
+    done, events = train_in_process(
+        base_config(tiny_model, data, batch_size=2, grad_accumulation_steps=2, iters=None, epochs=1), tmp_path / "r")
+    info = of(events, P.Data)[0]
+    assert info.batches_per_epoch == 5 and info.updates_per_epoch == 3 and info.total_updates == 3
+    steps = of(events, P.Step)
+    assert len(steps) == 3 and steps[-1].epoch_progress == 1.0
+    from tiny_model import build_tokenizer  # noqa: F401 - the tokenizer of the fixture model
+    import mlx_lm
+
+    _, tok = mlx_lm.load(str(tiny_model))
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    expected = sum(len(tok.apply_chat_template(r["messages"])) - 1 for r in rows)
+    assert steps[-1].trained_tokens == expected  # every token of every sample trained once
+
+
+def test_adapter_loads_with_mlx_lm(tiny_model, tiny_data, tmp_path):
+    import mlx.core as mx
+    import mlx_lm
+
+    run = tmp_path / "run"
+    train_in_process(base_config(tiny_model, tiny_data, learning_rate=5e-2), run)
+    base, tok = mlx_lm.load(str(tiny_model))
+    prompt = mx.array([tok.encode("O Farense jogou")])
+    base_logits = base(prompt)
+    for folder in ("adapters", "final"):
+        tuned, _ = mlx_lm.load(str(tiny_model), adapter_path=str(run / folder))
+        logits = tuned(prompt)
+        assert logits.shape == base_logits.shape
+        assert mx.abs(logits - base_logits).max().item() > 1e-3  # the adapter is applied
+    text = mlx_lm.generate(tuned, tok, "Olá", max_tokens=3)
+    assert isinstance(text, str)
+
+
+def test_memory_guard_checkpoints_and_stops_then_resumes(tiny_model, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cfg = base_config(tiny_model, tiny_data, memory_guard_gb=100000.0)
+    done, events = train_in_process(cfg, run)
+    assert done.status == "memory_guard"
+    assert of(events, P.Checkpoint)[-1].reason == "memory_guard"
+    assert done.summary["updates"] == 1
+    assert any(w.code == "memory_guard" for w in of(events, P.Warning))
+    cfg["memory_guard_gb"] = 0.0
+    done, events = train_in_process(cfg, run, resume=True)
+    assert done.status == "completed"
+    assert of(events, P.Step)[0].step == 2
+
+
+def test_stop_then_resume_matches_uninterrupted_with_dropout(tiny_model, tiny_data, tmp_path):
+    """stop checkpoints mid-epoch; resume restores adapter, optimizer, position and the RNG (dropout)."""
+    import io
+
+    from engine.server import Context
+    from engine.trainer import train
+
+    cfg = base_config(tiny_model, tiny_data, lora_parameters={"rank": 4, "scale": 10.0, "dropout": 0.1})
+    train_in_process(cfg, tmp_path / "full")
+
+    class StopAfter7(Context):
+        def emit(self, record):
+            super().emit(record)
+            if isinstance(record, P.Step) and record.step == 7:
+                self.stop_requested.set()
+
+    part = tmp_path / "part"
+    done = train(StopAfter7(io.StringIO()), cfg, part)
+    assert done.status == "stopped" and done.summary["updates"] == 7
+    assert (part / "checkpoints" / "step_000007").is_dir() and not (part / "final").exists()
+    done, events = train_in_process({}, part, resume=True)  # the config comes from the run folder
+    assert done.status == "completed" and of(events, P.Step)[0].step == 8
+    assert_bit_identical(adapter_arrays(tmp_path / "full" / "final" / "adapters.safetensors"),
+                         adapter_arrays(part / "final" / "adapters.safetensors"))
+    import csv
+
+    with open(part / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(1, 13))
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(tiny_model, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_in_process(base_config(tiny_model, tiny_data, iters=3), run)
+    done, events = train_in_process(base_config(tiny_model, tiny_data, iters=3), run)
+    assert done.status == "failed"
+    assert "already holds a run" in of(events, P.Error)[0].message
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"data": "/nonexistent/data"}, "The data folder /nonexistent/data does not exist"),
+    ({"model": "/nonexistent/model"}, "The model folder /nonexistent/model does not exist"),
+    ({"num_layers": 99}, "num_layers is 99, but the model has only 4 layers"),
+    ({"batch_size": -1}, "batch_size is -1, but it must be"),
+])
+def test_bad_input_is_one_error_sentence_not_a_traceback(tiny_model, tiny_data, tmp_path, change, fragment):
+    done, events = train_in_process({**base_config(tiny_model, tiny_data), **change}, tmp_path / "run")
+    assert done.status == "failed"
+    err = of(events, P.Error)[0]
+    assert err.message.startswith(fragment) and err.traceback == ""
+
+
+def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tiny_model, tiny_data, tmp_path):
+    """The process is SIGKILLed while writing the second checkpoint's optimizer state."""
+    run = tmp_path / "run"
+    cfg = base_config(tiny_model, tiny_data)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        import engine.trainer as T
+        from enginetools import train_in_process
+        real = T._save_safetensors
+        def dying(path, arrays):
+            if path.name == "optimizer.safetensors" and "step_000006" in str(path.parent):
+                real(path, arrays)
+                with open(path, "r+b") as f:
+                    f.truncate(100)  # half-written
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(path, arrays)
+        T._save_safetensors = dying
+        train_in_process({cfg!r}, {str(run)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    from engine.trainer import newest_checkpoint
+
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "step_000003" in names and "step_000006" not in names  # the half-written one never got its name
+    path, state = newest_checkpoint(run)
+    assert path.name == "step_000003" and state["update"] == 3
+    done, events = train_in_process(cfg, run, resume=True)
+    assert done.status == "completed" and of(events, P.Step)[0].step == 4
+    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    full = tmp_path / "full"
+    train_in_process(cfg, full)
+    assert_bit_identical(adapter_arrays(full / "final" / "adapters.safetensors"),
+                         adapter_arrays(run / "final" / "adapters.safetensors"))
