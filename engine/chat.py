@@ -99,8 +99,8 @@ class Reply:
 
 
 def resolve_model(name: Optional[str]) -> str:
-    """A model folder for ``name``: an existing folder as is, ``None``/"default" through
-    ``engine.models``; anything else is left for mlx-lm (a Hugging Face id)."""
+    """A model folder for ``name``: an existing folder as is, ``None``/"default" the embedded
+    default (``engine.models``); anything else is left for mlx-lm (a Hugging Face id)."""
     if name and name != "default":
         path = Path(name).expanduser()
         if path.exists():
@@ -112,9 +112,12 @@ def resolve_model(name: Optional[str]) -> str:
             raise ChatError(f"The model folder {name} does not exist; give an MLX model folder "
                             "or a Hugging Face model id.")
         return name
-    from .models import resolve_model as resolve_named  # the embedded default
+    from .models import default_model_installed, default_model_path
 
-    return str(resolve_named(name))
+    if not default_model_installed():
+        raise ChatError("The default model is not installed yet; run 'farense-tui model default' "
+                        "or pass --model with an MLX model folder.")
+    return str(default_model_path())
 
 
 def adapter_folder(path: str) -> Path:

@@ -370,3 +370,11 @@ def test_cancel_through_the_engine_stops_at_once_and_later_commands_wait(engine,
     # the chat sent mid-reply is answered afterwards
     events = engine.until("reply_done")
     assert events[-1].id == "next" and events[-1].generation_tokens == 3
+
+
+def test_the_default_model_not_installed_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("FARENSE_TUI_HOME", str(tmp_path))
+    with pytest.raises(ChatError, match="farense-tui model default"):
+        ChatSession.load(None)
+    with pytest.raises(ChatError, match="farense-tui model default"):
+        ChatSession.load("default")

@@ -85,7 +85,7 @@ def test_check_file_problems(tmp_path, capsys):
     assert f"{missing}: no such file; check the path\n" in out
     assert f"{folder}: is a folder; name the .jsonl files in it, e.g. {folder / 'train.jsonl'}\n" in out
     assert f"{garbage}: is a binary file, not JSON lines text\n" in out
-    assert f"{latin}:1: is not valid UTF-8 (byte 0xe3 at column 11)\n" in out
+    assert f"{latin}:1: is not valid UTF-8 (byte 0xe3 at column 12)\n" in out
     assert f"{empty}: is empty: there are no examples in it\n" in out
     assert out.splitlines()[-1] == "5 files: 0 examples, 5 problems"
 
@@ -193,7 +193,8 @@ def test_stats_truncation_matches_a_direct_count(tiny_model, tmp_path, capsys):
     data = write_chat_data(tmp_path / "d", n_train=30, n_valid=2)
     samples = D.check_file(data / "train.jsonl").samples
     direct_tok = AutoTokenizer.from_pretrained(str(tiny_model))
-    direct = [len(direct_tok.apply_chat_template(s["messages"], tokenize=True)) for s in samples]
+    rendered = [direct_tok.apply_chat_template(s["messages"], tokenize=False) for s in samples]
+    direct = [len(direct_tok.encode(r, add_special_tokens=False)) for r in rendered]
     assert D.token_lengths(samples, D.load_tokenizer(str(tiny_model))) == direct
     n = sorted(direct)[len(direct) // 2]
     expected = sum(1 for x in direct if x > n)

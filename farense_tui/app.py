@@ -1,0 +1,225 @@
+"""The farense-tui app: five tabs (Preflight, Config, Train, Monitor, Chat) over engine subprocesses.
+
+``make_app`` builds it for the command line and the tests alike; a test passes an
+``engine_factory`` that returns a fake engine. This module never imports mlx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, TabbedContent
+
+from .engine_worker import EngineFactory, EngineLink, start_engine_process
+from .messages import OpenRun, RecommendedConfig, TrainingStarted
+from .runs import read_json
+from .tabs.chat import ChatTab
+from .tabs.config import ConfigTab
+from .tabs.monitor import MonitorTab
+from .tabs.preflight import PreflightTab
+from .tabs.train import TrainTab
+from .widgets.help_screen import HelpScreen
+
+TABS = ("preflight", "config", "train", "monitor", "chat")
+TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
+
+
+@dataclass
+class AppOptions:
+    engine_factory: EngineFactory = start_engine_process
+    config_path: Optional[Path] = None  # a YAML config loaded into the Config tab at start
+    checkpoints_dir: Path = Path("checkpoints")
+    clock: Callable[[], _dt.datetime] = field(default=_dt.datetime.now)  # names new run folders
+    theme: str = "textual-dark"
+
+
+class FarenseApp(App):
+    TITLE = "farense-tui"
+    SUB_TITLE = "LoRA fine-tuning on MLX"
+    CSS_PATH = "app.tcss"
+
+    BINDINGS = [
+        Binding("f1", "show_tab('preflight')", "Preflight", priority=True),
+        Binding("f2", "show_tab('config')", "Config", priority=True),
+        Binding("f3", "show_tab('train')", "Train", priority=True),
+        Binding("f4", "show_tab('monitor')", "Monitor", priority=True),
+        Binding("f5", "show_tab('chat')", "Chat", priority=True),
+        Binding("question_mark", "help", "Keys", key_display="?"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, options: AppOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.recommended: Optional[dict] = None
+        self.links = {
+            "train": EngineLink(self, "train", options.engine_factory, lambda: [self.train_tab]),
+            "preflight": EngineLink(self, "preflight", options.engine_factory, lambda: [self.preflight_tab]),
+            "chat": EngineLink(self, "chat", options.engine_factory, lambda: [self.chat_tab], keep_alive=True),
+        }
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="⚽")
+        with TabbedContent(initial="preflight"):
+            for tab_class in TAB_CLASSES:
+                yield tab_class()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.theme = self.options.theme
+
+    # -- the tabs
+
+    @property
+    def preflight_tab(self) -> PreflightTab:
+        return self.query_one(PreflightTab)
+
+    @property
+    def config_tab(self) -> ConfigTab:
+        return self.query_one(ConfigTab)
+
+    @property
+    def train_tab(self) -> TrainTab:
+        return self.query_one(TrainTab)
+
+    @property
+    def monitor_tab(self) -> MonitorTab:
+        return self.query_one(MonitorTab)
+
+    @property
+    def chat_tab(self) -> ChatTab:
+        return self.query_one(ChatTab)
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        pane = self.query_one(f"#{tab}")
+        # focus the tab's first control, so its keys work at once
+        focusable = [w for w in pane.query("*") if w.focusable]
+        if focusable:
+            focusable[0].focus()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "chat":
+            self.chat_tab.refresh_choices()
+        elif event.pane.id == "train":
+            self.train_tab.refresh_runs()
+
+    # -- messages between tabs
+
+    def on_recommended_config(self, message: RecommendedConfig) -> None:
+        self.recommended = message.recommended
+        self.config_tab.recommended = message.recommended
+        if message.apply and self.config_tab.apply_recommended():
+            self.notify("The Config tab (F2) now holds the recommended settings.", title="Preflight")
+
+    def find_recommended(self) -> Optional[dict]:
+        """This session's recommendation, else the one preflight last wrote to the checkpoints folder."""
+        return self.recommended or read_json(self.options.checkpoints_dir / "recommended_config.json")
+
+    def on_open_run(self, message: OpenRun) -> None:
+        self.action_show_tab("monitor")
+        self.monitor_tab.open(message.path)
+
+    def on_training_started(self, message: TrainingStarted) -> None:
+        self.monitor_tab.follow(message.history)
+
+    # -- keys, help, palette, quitting
+
+    def help_rows(self) -> list[tuple[str, str, str]]:
+        """(key, action, where) for every key: the app's, then each tab's (from their BINDINGS)."""
+
+        def rows(bindings, where: str) -> list[tuple[str, str, str]]:
+            return [(self.get_key_display(b), b.description, where) for b in Binding.make_bindings(bindings)]
+
+        table = rows(self.BINDINGS, "everywhere")
+        table += [("ctrl+p", "command palette: every action by name", "everywhere"),
+                  ("tab / shift+tab", "move between controls", "everywhere")]
+        for tab_class in TAB_CLASSES:
+            table += rows(tab_class.BINDINGS, tab_class.__name__.removesuffix("Tab"))
+        table += [("enter", "resume the selected run", "Train (runs list)"),
+                  ("enter", "open the typed run", "Monitor (run path)"),
+                  ("enter", "send the prompt", "Chat")]
+        return table
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.help_rows()))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        t = self
+        yield SystemCommand("Run preflight", "Check the machine, data and model", t.preflight_tab.action_run_preflight)
+        yield SystemCommand("Run preflight with probe", "Also measure real steps at candidate sizes",
+                            lambda: t.preflight_tab.action_run_preflight(True))
+        yield SystemCommand("Apply recommended config", "Put preflight's recommendation in the Config tab",
+                            t.config_tab.apply_recommended)
+        yield SystemCommand("Load config YAML", "Load the file named in the Config tab", t.config_tab.action_load)
+        yield SystemCommand("Save config YAML", "Save to the file named in the Config tab", t.config_tab.action_save)
+        yield SystemCommand("Start training", "A new run with the Config tab's settings", t._train("action_start"))
+        yield SystemCommand("Pause training", "Pause the run after the current update", t._train("action_pause"))
+        yield SystemCommand("Continue training", "Continue a paused run", t._train("action_continue"))
+        yield SystemCommand("Stop training", "Stop the run (it saves a checkpoint)", t._train("action_stop"))
+        yield SystemCommand("Resume a run", "Resume the run selected in the Train tab's list",
+                            t._train("action_resume_run"))
+        yield SystemCommand("Open a run", "Show a past run in the Monitor tab", self._open_run_command)
+        yield SystemCommand("Follow the live run", "Show the live run in the Monitor tab",
+                            t.monitor_tab.action_follow_live)
+        yield SystemCommand("Load chat model", "Load the Chat tab's model and adapter", t.chat_tab.action_load)
+        yield SystemCommand("Stop the reply", "Stop the reply being written", t.chat_tab.action_stop_reply)
+        yield SystemCommand("Compare base and adapter", "Toggle side-by-side answers in the Chat tab",
+                            t.chat_tab.action_toggle_compare)
+        yield SystemCommand("New conversation", "Clear the chat history", t.chat_tab.action_new_conversation)
+        yield SystemCommand("Show keys", "Every key of the app", self.action_help)
+
+    def _train(self, action: str) -> Callable[[], None]:
+        def run() -> None:
+            self.action_show_tab("train")
+            getattr(self.train_tab, action)()
+
+        return run
+
+    def _open_run_command(self) -> None:
+        self.action_show_tab("monitor")
+        self.monitor_tab.query_one("#run-path").focus()
+
+    async def action_quit(self) -> None:
+        running = [link for link in self.links.values() if link.running]
+        if running:
+            self.notify("Shutting the engine down (a running training saves a checkpoint)…")
+            await asyncio.gather(*(asyncio.to_thread(link.close) for link in running))
+        self.exit()
+
+
+def make_app(*, engine_factory: EngineFactory = start_engine_process, config_path: str | Path | None = None,
+             checkpoints_dir: str | Path = "checkpoints", clock: Callable[[], _dt.datetime] = _dt.datetime.now,
+             theme: str = "textual-dark") -> FarenseApp:
+    return FarenseApp(AppOptions(
+        engine_factory=engine_factory, config_path=Path(config_path) if config_path else None,
+        checkpoints_dir=Path(checkpoints_dir), clock=clock, theme=theme,
+    ))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="farense-tui", description="The farense-tui terminal app.")
+    parser.add_argument("--config", default=os.environ.get("FARENSE_TUI_CONFIG"),
+                        help="YAML config to load into the Config tab (env FARENSE_TUI_CONFIG)")
+    parser.add_argument("--checkpoints", default=os.environ.get("FARENSE_TUI_CHECKPOINTS", "checkpoints"),
+                        help="folder of runs (env FARENSE_TUI_CHECKPOINTS; default: checkpoints)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    app = make_app(config_path=args.config, checkpoints_dir=args.checkpoints)
+    app.run()
+    return app.return_code or 0

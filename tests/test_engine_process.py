@@ -1,0 +1,120 @@
+"""The engine as the UI runs it: a subprocess speaking JSON lines."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from engine import protocol as P
+from enginetools import EngineRun, adapter_arrays, assert_bit_identical, base_config
+
+
+def test_hello_first_and_stdout_is_only_protocol(tiny_model, tiny_data, tmp_path):
+    cfg = base_config(tiny_model, tiny_data, iters=3)
+    from farense_tui.engine_client import engine_command, engine_env
+
+    commands = "\n".join([P.Train(config=cfg, run_dir=str(tmp_path / "run")).to_line(), "garbage",
+                          P.Shutdown().to_line()]) + "\n"
+    proc = subprocess.run(engine_command(), input=commands, capture_output=True, text=True, env=engine_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    events = [P.parse_event(line) for line in lines]  # every stdout line is protocol
+    hello = events[0]
+    assert isinstance(hello, P.Hello) and hello.protocol == P.PROTOCOL_VERSION
+    assert hello.mlx_version and hello.mlx_lm_version and hello.device and hello.blas in ("openblas", "reference", "accelerate")
+    # stdin closed (and shutdown sent) while training: the run stops with a checkpoint, never lost
+    done = [e for e in events if isinstance(e, P.Done)]
+    assert len(done) == 1 and done[0].status in ("completed", "stopped")
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    assert any(isinstance(e, P.Error) and e.code == "protocol" for e in events)  # the garbage line
+
+
+def test_pause_resume_stop(tiny_model, tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    eng = EngineRun()
+    try:
+        eng.send(P.Train(config=base_config(tiny_model, tiny_data, iters=400, save_every=1000), run_dir=str(run_dir)))
+        eng.until(lambda e: isinstance(e, P.Step))
+        eng.send(P.Pause())
+        eng.until(lambda e: isinstance(e, P.State) and e.state == "paused")
+        paused_at = max(e.step for e in eng.events if isinstance(e, P.Step))
+        time.sleep(0.5)  # nothing moves while paused
+        assert eng.engine.proc.poll() is None
+        eng.send(P.Resume())
+        eng.until(lambda e: isinstance(e, P.Step) and e.step > paused_at + 1)
+        eng.send(P.Stop())
+        done = eng.until(lambda e: isinstance(e, P.Done))
+        assert done.status == "stopped"
+        ckpt = [e for e in eng.events if isinstance(e, P.Checkpoint)][-1]
+        assert ckpt.reason == "stop" and ckpt.step == done.summary["updates"] < 400
+        steps_after_pause = [e for e in eng.events if isinstance(e, P.Step) and e.step > paused_at]
+        assert steps_after_pause  # it really resumed
+    finally:
+        eng.close()
+
+
+def test_sigterm_behaves_like_stop(tiny_model, tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    eng = EngineRun()
+    try:
+        eng.send(P.Train(config=base_config(tiny_model, tiny_data, iters=400, save_every=1000), run_dir=str(run_dir)))
+        eng.until(lambda e: isinstance(e, P.Step) and e.step >= 2)
+        os.kill(eng.engine.proc.pid, signal.SIGTERM)
+        done = eng.until(lambda e: isinstance(e, P.Done))
+        assert done.status == "stopped"
+        assert (run_dir / "checkpoints" / f"step_{done.summary['updates']:06d}").is_dir()
+    finally:
+        eng.close()
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_model, tiny_data, tmp_path):
+    cfg = base_config(tiny_model, tiny_data, iters=40, save_every=5,
+                      lora_parameters={"rank": 4, "scale": 10.0, "dropout": 0.1})
+    # uninterrupted, through the engine process (same BLAS as the killed run)
+    eng = EngineRun()
+    try:
+        eng.send(P.Train(config=cfg, run_dir=str(tmp_path / "full")))
+        assert eng.until(lambda e: isinstance(e, P.Done)).status == "completed"
+    finally:
+        eng.close()
+
+    killed = tmp_path / "killed"
+    eng = EngineRun()
+    eng.send(P.Train(config=cfg, run_dir=str(killed)))
+    eng.until(lambda e: isinstance(e, P.Checkpoint) and e.step >= 10)
+    eng.engine.proc.kill()  # SIGKILL: no chance to save anything
+    eng.engine.proc.wait()
+    eng.close()
+    assert not (killed / "final").exists()
+    lines = (killed / "events.jsonl").read_text().splitlines()
+    assert not any(json.loads(line)["type"] == "done" for line in lines)
+
+    r = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--run-dir", str(killed), "--resume"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "resuming from" in r.stdout
+    assert_bit_identical(adapter_arrays(tmp_path / "full" / "final" / "adapters.safetensors"),
+                         adapter_arrays(killed / "final" / "adapters.safetensors"))
+    assert_bit_identical(adapter_arrays(tmp_path / "full" / "adapters" / "adapters.safetensors"),
+                         adapter_arrays(killed / "adapters" / "adapters.safetensors"))
+
+
+def test_headless_train_cli_plain_output_and_exit_codes(tiny_model, tiny_data, tmp_path):
+    import yaml
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(base_config(tiny_model, tiny_data, iters=4, steps_per_report=2)))
+    r = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--config", str(cfg_file),
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "update 2/4" in r.stdout and "update 4/4" in r.stdout and "best adapter:" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\nbatch_size: 0\n")
+    r = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--config", str(bad),
+                        "--run-dir", str(tmp_path / "run2")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "farense-tui: batch_size is 0, but it must be between 1 and 4096."
+    assert not (tmp_path / "run2").exists()
