@@ -115,10 +115,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def data_format(sample: dict) -> str:
-    if "messages" in sample:
-        return "chat"
+    """The format mlx-lm's create_dataset picks, in its order."""
     if "prompt" in sample and "completion" in sample:
         return "completions"
+    if "messages" in sample:
+        return "chat"
     if "text" in sample:
         return "text"
     return "unknown"

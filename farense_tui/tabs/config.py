@@ -60,33 +60,34 @@ class SettingField(Vertical):
     def __init__(self, setting: C.Setting) -> None:
         super().__init__(id=f"field-{setting.key}")
         self.setting = setting
+        self._shown: Optional[str] = None
 
     def compose(self) -> ComposeResult:
         s = self.setting
+        if isinstance(s.default, bool):
+            self.editor: Input | Switch = Switch(value=s.default, id=f"setting-{s.key}")
+        else:
+            self.editor = Input(value=format_value(s.default), placeholder=format_value(s.default) or "not set",
+                                id=f"setting-{s.key}")
+        self.message = Label("", classes="message")
         with Horizontal():
             yield Label(s.key, classes="name")
-            if isinstance(s.default, bool):
-                yield Switch(value=s.default, id=f"setting-{s.key}")
-            else:
-                yield Input(value=format_value(s.default), placeholder=format_value(s.default) or "not set",
-                            id=f"setting-{s.key}")
+            yield self.editor
             yield Label(s.help, classes="help")
-        yield Label("", classes="message")
+        yield self.message
 
     @property
     def value(self) -> Any:
-        editor = self.query_one(f"#setting-{self.setting.key}")
-        if isinstance(editor, Switch):
-            return editor.value
-        return parse_value(self.setting, editor.value)
+        if isinstance(self.editor, Switch):
+            return self.editor.value
+        return parse_value(self.setting, self.editor.value)
 
     @value.setter
     def value(self, value: Any) -> None:
-        editor = self.query_one(f"#setting-{self.setting.key}")
-        if isinstance(editor, Switch):
-            editor.value = bool(value)
+        if isinstance(self.editor, Switch):
+            self.editor.value = bool(value)
         else:
-            editor.value = format_value(value)
+            self.editor.value = format_value(value)
 
     def check(self) -> Optional[str]:
         """This setting's own message, or None when it is valid."""
@@ -101,8 +102,11 @@ class SettingField(Vertical):
         return message
 
     def show_message(self, message: Optional[str]) -> None:
+        if message == self._shown:
+            return
+        self._shown = message
         self.set_class(message is not None, "-invalid")
-        self.query_one(".message", Label).update(message or "")
+        self.message.update(message or "")
 
 
 class ConfigTab(TabPane):
@@ -128,6 +132,8 @@ class ConfigTab(TabPane):
     def __init__(self) -> None:
         super().__init__("Config", id="config")
         self.recommended: Optional[dict] = None
+        self._fields: dict[str, SettingField] = {}
+        self._revalidate_pending = False
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -153,6 +159,7 @@ class ConfigTab(TabPane):
                 yield Static("", id="config-notes")
 
     def on_mount(self) -> None:
+        self._fields = {f.setting.key: f for f in self.query(SettingField)}
         path = self.app.options.config_path
         if path:
             self.load(path)
@@ -162,7 +169,7 @@ class ConfigTab(TabPane):
     # -- reading the fields
 
     def fields(self) -> list[SettingField]:
-        return list(self.query(SettingField))
+        return list(self._fields.values())
 
     def raw(self) -> dict:
         """The fields as a raw config (empty fields left out: their defaults apply)."""
@@ -185,13 +192,17 @@ class ConfigTab(TabPane):
     @on(Input.Changed, "SettingField Input")
     @on(Switch.Changed, "SettingField Switch")
     def _field_changed(self) -> None:
-        self.revalidate()
+        # a burst of changes (typing fast, loading a file) is checked once, after it
+        if not self._revalidate_pending:
+            self._revalidate_pending = True
+            self.call_after_refresh(self.revalidate)
 
     @on(Input.Changed, "#config-path")
     def _path_changed(self) -> None:
         self._show_command()
 
     def revalidate(self) -> None:
+        self._revalidate_pending = False
         field_errors = {f.setting.key: f.check() for f in self.fields()}
         cfg, error = self._validate(require_model=False)
         if error is None:
@@ -202,7 +213,7 @@ class ConfigTab(TabPane):
         # a message about settings together (epochs and iters, a missing model) shows by the field too
         key = error.key.split(".", 1)[0] if error is not None else ""
         if field_errors.get(key, "") is None:
-            self.query_one(f"#field-{key}", SettingField).show_message(str(error))
+            self._fields[key].show_message(str(error))
         effective = self.query_one("#effective-batch", Static)
         if cfg is not None:
             effective.update(f"{cfg['batch_size']} × {cfg['grad_accumulation_steps']} = "
@@ -224,7 +235,7 @@ class ConfigTab(TabPane):
     def set_values(self, values: dict, *, replace: bool) -> list[str]:
         """Put values in the fields (every field when replace); return notes on keys left out."""
         notes = []
-        by_key = {f.setting.key: f for f in self.fields()}
+        by_key = self._fields
         for key, field in by_key.items():
             if key in values:
                 field.value = values[key]
