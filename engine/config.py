@@ -108,10 +108,6 @@ def _text(key, v):
     return v
 
 
-def _optional_text(key, v):
-    return None if v is None else _text(key, v)
-
-
 LR_SCHEDULES = ("constant", "cosine", "linear")
 LORA_KEYS_DEFAULT = None  # mlx-lm's default: every linear layer of the trained blocks
 
@@ -186,7 +182,8 @@ def _optimizer_config(key, v):
 
 SETTINGS: list[Setting] = [
     # model and data
-    Setting("model", None, "model and data", "Local MLX model folder, or a Hugging Face id.", _optional_text),
+    Setting("model", "default", "model and data",
+            "Local MLX model folder, a Hugging Face id, or default (the embedded SmolLM2-135M-Instruct).", _text),
     Setting("data", "data", "model and data", "Folder with train.jsonl and valid.jsonl.", _text),
     Setting("fine_tune_type", "lora", "model and data", "lora, dora or full.", _choice("lora", "dora", "full")),
     Setting("base_dtype", "auto", "model and data",
@@ -249,7 +246,7 @@ def defaults() -> dict:
     return {s.key: copy.deepcopy(s.default) for s in SETTINGS}
 
 
-def validate(raw: dict, *, require_model: bool = True) -> tuple[dict, list[str]]:
+def validate(raw: dict, *, require_model: bool = True) -> tuple[dict, list[str]]:  # TODO drop require_model once the UI stops passing it
     """Check every key; return the resolved config and notes on ignored keys.
 
     Raises ConfigError on the first bad value.
@@ -268,8 +265,6 @@ def validate(raw: dict, *, require_model: bool = True) -> tuple[dict, list[str]]
             hint = f" Did you mean {close[0]}?" if close else ""
             raise ConfigError(f"{key} is not a known setting.{hint}", str(key))
         out[key] = setting.check(key, value) if setting.check else value
-    if require_model and not out["model"]:
-        raise ConfigError("model is not set: name a local MLX model folder or a Hugging Face id.", "model")
     if out["epochs"] is not None and out["iters"] is not None:
         raise ConfigError("epochs and iters are both set; set only one of them.", "epochs")
     if out["epochs"] is None and out["iters"] is None:
@@ -301,9 +296,9 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return raw
 
 
-def load(path: str | os.PathLike, *, require_model: bool = True) -> dict:
+def load(path: str | os.PathLike) -> dict:
     """Load and validate. Relative paths stay relative to the working directory, as in mlx_lm.lora."""
-    cfg, _ = validate(load_yaml(path), require_model=require_model)
+    cfg, _ = validate(load_yaml(path))
     return cfg
 
 

@@ -39,9 +39,10 @@ def test_bad_values_get_one_sentence_naming_key_value_and_allowed(raw, message):
     assert str(e.value).count("\n") == 0
 
 
-def test_missing_model_is_reported():
-    with pytest.raises(C.ConfigError, match="model is not set"):
-        C.validate({})
+def test_model_defaults_to_the_embedded_default_and_must_not_be_empty():
+    assert C.validate({})[0]["model"] == "default"
+    with pytest.raises(C.ConfigError, match="model is '', but it must be a non-empty path or name."):
+        C.validate({"model": ""})
 
 
 def test_mlx_lm_lora_yaml_loads_with_the_same_meaning(tmp_path):
