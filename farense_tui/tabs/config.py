@@ -1,17 +1,21 @@
 """The Config tab: every setting of the schema, grouped, validated as you type with the engine's
 own messages; the effective batch size; YAML load and save; the recommended config; the
-equivalent command line."""
+equivalent command line.
+
+The config lives in ``ConfigTab.texts`` (what each field holds); the field widgets are views of it,
+mounted lazily after the first frame, so other tabs can read the config at any time."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.lazy import Lazy
 from textual.widgets import Button, Input, Label, Static, Switch, TabPane
 
 from engine import config as C
@@ -19,6 +23,7 @@ from engine import config as C
 from ..runs import new_run_dir
 
 UNSET = object()  # an empty field: the setting's default
+FieldText = Union[str, bool]  # an Input's text, or a Switch's state
 
 
 def format_value(value: Any) -> str:
@@ -29,8 +34,14 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def parse_value(setting: C.Setting, text: str) -> Any:
-    """The value a field's text stands for; text settings stay text, others are read as YAML."""
+def field_text(setting: C.Setting, value: Any) -> FieldText:
+    return bool(value) if isinstance(setting.default, bool) else format_value(value)
+
+
+def parse_value(setting: C.Setting, text: FieldText) -> Any:
+    """The value a field stands for; text settings stay text, others are read as YAML."""
+    if isinstance(text, bool):
+        return text
     text = text.strip()
     if not text:
         return None if setting.default is None else UNSET
@@ -42,71 +53,69 @@ def parse_value(setting: C.Setting, text: str) -> Any:
         return text  # the setting's check names what is wrong with it
 
 
-class SettingField(Vertical):
-    """One setting: its name, an editor (a switch for true/false), its help and its message."""
+def check_setting(setting: C.Setting, text: FieldText) -> Optional[str]:
+    """The setting's own message for this text, or None when it is valid."""
+    value = parse_value(setting, text)
+    if value is UNSET:
+        return None
+    try:
+        C.validate({setting.key: value}, require_model=False)
+    except C.ConfigError as e:
+        return str(e)
+    return None
+
+
+class SettingField(Horizontal):
+    """One setting: its name, an editor (a switch for true/false), and its help, which gives way
+    to the validation message while the value is wrong."""
 
     DEFAULT_CSS = """
     SettingField { height: auto; }
-    SettingField > Horizontal { height: auto; }
     SettingField .name { width: 24; padding: 1 1 0 0; }
-    SettingField Input { width: 34; }
-    SettingField Switch { width: 34; }
-    SettingField .help { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
-    SettingField .message { display: none; color: $error; padding-left: 24; }
-    SettingField.-invalid .message { display: block; }
+    SettingField Input, SettingField Switch { width: 34; }
+    SettingField .note { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
+    SettingField.-invalid .note { color: $error; }
     SettingField.-invalid Input { border: tall $error; }
     """
 
-    def __init__(self, setting: C.Setting) -> None:
+    def __init__(self, setting: C.Setting, text: FieldText) -> None:
         super().__init__(id=f"field-{setting.key}")
         self.setting = setting
-        self._shown: Optional[str] = None
+        self.text = text
+        self.message: Optional[str] = None
+        self.editor: Optional[Input | Switch] = None
+        self.note: Optional[Static] = None
 
     def compose(self) -> ComposeResult:
         s = self.setting
-        if isinstance(s.default, bool):
-            self.editor: Input | Switch = Switch(value=s.default, id=f"setting-{s.key}")
+        yield Label(s.key, classes="name")
+        if isinstance(self.text, bool):
+            self.editor = Switch(value=self.text, id=f"setting-{s.key}")
         else:
-            self.editor = Input(value=format_value(s.default), placeholder=format_value(s.default) or "not set",
+            self.editor = Input(value=self.text, placeholder=format_value(s.default) or "not set",
                                 id=f"setting-{s.key}")
-        self.message = Label("", classes="message")
-        with Horizontal():
-            yield Label(s.key, classes="name")
-            yield self.editor
-            yield Label(s.help, classes="help")
-        yield self.message
+        yield self.editor
+        self.note = Static(s.help, classes="note")
+        yield self.note
 
-    @property
-    def value(self) -> Any:
-        if isinstance(self.editor, Switch):
-            return self.editor.value
-        return parse_value(self.setting, self.editor.value)
+    def on_mount(self) -> None:
+        self._draw_message()
 
-    @value.setter
-    def value(self, value: Any) -> None:
-        if isinstance(self.editor, Switch):
-            self.editor.value = bool(value)
-        else:
-            self.editor.value = format_value(value)
-
-    def check(self) -> Optional[str]:
-        """This setting's own message, or None when it is valid."""
-        value = self.value
-        message = None
-        if value is not UNSET:
-            try:
-                C.validate({self.setting.key: value}, require_model=False)
-            except C.ConfigError as e:
-                message = str(e)
-        self.show_message(message)
-        return message
+    def set_text(self, text: FieldText) -> None:
+        """Change the value (before the field is mounted too: it then starts with it)."""
+        self.text = text
+        if self.editor is not None:
+            self.editor.value = text
 
     def show_message(self, message: Optional[str]) -> None:
-        if message == self._shown:
-            return
-        self._shown = message
-        self.set_class(message is not None, "-invalid")
-        self.message.update(message or "")
+        if message != self.message:
+            self.message = message
+            self._draw_message()
+
+    def _draw_message(self) -> None:
+        if self.note is not None:
+            self.set_class(self.message is not None, "-invalid")
+            self.note.update(self.message or self.setting.help)
 
 
 class ConfigTab(TabPane):
@@ -117,7 +126,7 @@ class ConfigTab(TabPane):
     ]
 
     DEFAULT_CSS = """
-    ConfigTab #settings { width: 2fr; }
+    ConfigTab #settings { width: 1fr; }
     ConfigTab .group { text-style: bold; color: $accent; padding: 1 0 0 0; }
     ConfigTab #config-side { width: 44; padding: 0 1; border-left: vkey $panel-lighten-2; }
     ConfigTab #config-side Label { padding: 1 0 0 0; }
@@ -132,17 +141,18 @@ class ConfigTab(TabPane):
     def __init__(self) -> None:
         super().__init__("Config", id="config")
         self.recommended: Optional[dict] = None
-        self._fields: dict[str, SettingField] = {}
+        self.texts: dict[str, FieldText] = {s.key: field_text(s, s.default) for s in C.SETTINGS}
+        self.fields = {s.key: SettingField(s, self.texts[s.key]) for s in C.SETTINGS}  # mounted lazily
         self._revalidate_pending = False
 
     def compose(self) -> ComposeResult:
         with Horizontal():
-            with VerticalScroll(id="settings"):
+            with Lazy(VerticalScroll(id="settings")):
                 for group in C.GROUPS:
                     yield Label(group.capitalize() if group != "lora" else "LoRA", classes="group")
                     for setting in C.SETTINGS:
                         if setting.group == group:
-                            yield SettingField(setting)
+                            yield self.fields[setting.key]
             with Vertical(id="config-side"):
                 yield Label("Effective batch size")
                 yield Static("", id="effective-batch")
@@ -159,21 +169,21 @@ class ConfigTab(TabPane):
                 yield Static("", id="config-notes")
 
     def on_mount(self) -> None:
-        self._fields = {f.setting.key: f for f in self.query(SettingField)}
         path = self.app.options.config_path
         if path:
             self.load(path)
         else:
             self.revalidate()
 
-    # -- reading the fields
+    @property
+    def fields_mounted(self) -> bool:
+        return all(field.is_mounted for field in self.fields.values())
 
-    def fields(self) -> list[SettingField]:
-        return list(self._fields.values())
+    # -- the config
 
     def raw(self) -> dict:
         """The fields as a raw config (empty fields left out: their defaults apply)."""
-        return {f.setting.key: v for f in self.fields() if (v := f.value) is not UNSET}
+        return {s.key: v for s in C.SETTINGS if (v := parse_value(s, self.texts[s.key])) is not UNSET}
 
     def _validate(self, *, require_model: bool) -> tuple[Optional[dict], Optional[C.ConfigError]]:
         try:
@@ -191,7 +201,11 @@ class ConfigTab(TabPane):
 
     @on(Input.Changed, "SettingField Input")
     @on(Switch.Changed, "SettingField Switch")
-    def _field_changed(self) -> None:
+    def _field_changed(self, event: Input.Changed | Switch.Changed) -> None:
+        key = event.control.id.removeprefix("setting-")
+        if self.texts.get(key) == event.value:
+            return
+        self.texts[key] = event.value
         # a burst of changes (typing fast, loading a file) is checked once, after it
         if not self._revalidate_pending:
             self._revalidate_pending = True
@@ -203,7 +217,7 @@ class ConfigTab(TabPane):
 
     def revalidate(self) -> None:
         self._revalidate_pending = False
-        field_errors = {f.setting.key: f.check() for f in self.fields()}
+        messages = {s.key: check_setting(s, self.texts[s.key]) for s in C.SETTINGS}
         cfg, error = self._validate(require_model=False)
         if error is None:
             _, error = self._validate(require_model=True)
@@ -212,8 +226,10 @@ class ConfigTab(TabPane):
         status.set_class(error is not None, "-invalid")
         # a message about settings together (epochs and iters, a missing model) shows by the field too
         key = error.key.split(".", 1)[0] if error is not None else ""
-        if field_errors.get(key, "") is None:
-            self._fields[key].show_message(str(error))
+        if messages.get(key, "") is None:
+            messages[key] = str(error)
+        for key, message in messages.items():
+            self.fields[key].show_message(message)
         effective = self.query_one("#effective-batch", Static)
         if cfg is not None:
             effective.update(f"{cfg['batch_size']} × {cfg['grad_accumulation_steps']} = "
@@ -230,22 +246,17 @@ class ConfigTab(TabPane):
             f"Save the config, then run:\n{C.command_line(path, str(run_dir))}"
         )
 
-    # -- changing the fields
+    # -- changing the config
 
     def set_values(self, values: dict, *, replace: bool) -> list[str]:
         """Put values in the fields (every field when replace); return notes on keys left out."""
-        notes = []
-        by_key = self._fields
-        for key, field in by_key.items():
-            if key in values:
-                field.value = values[key]
-            elif replace:
-                field.value = field.setting.default
-        for key in values:
-            if key not in by_key:
-                notes.append(f"{key} is not a setting of this app; it was left out.")
+        for setting in C.SETTINGS:
+            if setting.key in values or replace:
+                text = field_text(setting, values.get(setting.key, setting.default))
+                self.texts[setting.key] = text
+                self.fields[setting.key].set_text(text)
         self.revalidate()
-        return notes
+        return [f"{key} is not a setting of this app; it was left out." for key in values if key not in self.texts]
 
     def _show_notes(self, notes: list[str]) -> None:
         self.query_one("#config-notes", Static).update("\n".join(notes))
@@ -256,8 +267,9 @@ class ConfigTab(TabPane):
             cfg, notes = C.validate(raw, require_model=False)
         except C.ConfigError as e:
             self.app.notify(str(e), title="Config not loaded", severity="error")
-            self.query_one("#config-status", Static).update(str(e))
-            self.query_one("#config-status", Static).set_class(True, "-invalid")
+            status = self.query_one("#config-status", Static)
+            status.update(str(e))
+            status.set_class(True, "-invalid")
             return False
         # keep what the file says (not the defaults validate fills in), so epochs/iters stay as written
         self.set_values({k: v for k, v in cfg.items() if k in raw or k == "epochs"}, replace=True)

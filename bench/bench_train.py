@@ -1,0 +1,175 @@
+"""Training throughput and peak memory: our engine vs ``mlx_lm.lora`` on the same model, data and settings.
+
+Both run as subprocesses with the same environment (OpenBLAS preloaded on Linux when installed), over the
+same samples: one pass over a data set that mixes short Q&A with long answers (the case where mlx-lm's
+random batches are mostly padding). Prints one table; ``--markdown`` prints a row set for docs/benchmarks.md.
+
+    .venv/bin/python bench/bench_train.py                       # tiny llama built in code
+    .venv/bin/python bench/bench_train.py --model default       # the embedded SmolLM2-135M-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from farense_tui.engine_client import engine_env  # noqa: E402
+
+
+def mixed_data(folder: Path, n: int, seed: int = 0) -> Path:
+    """Short Farense Q&A from the committed data set, and long answers made of several of them."""
+    rows = [json.loads(line) for line in (ROOT / "data" / "train.jsonl").read_text().splitlines()]
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            out.append(rng.choice(rows))
+        else:
+            parts = rng.sample(rows, rng.randint(4, 9))
+            out.append({"messages": [
+                {"role": "user", "content": "Conta-me tudo sobre estes jogos do Farense."},
+                {"role": "assistant", "content": " ".join(p["messages"][-1]["content"] for p in parts)},
+            ]})
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, subset in (("train", out), ("valid", out[:8])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in subset))
+    return folder
+
+
+def run_ours(model: str, data: Path, args, work: Path) -> dict:
+    import yaml
+
+    iters = args.samples // args.batch_size
+    cfg = {"model": model, "data": str(data), "batch_size": args.batch_size, "iters": iters,
+           "num_layers": args.num_layers, "max_seq_length": args.max_seq_length, "learning_rate": 1e-5,
+           "lora_parameters": {"rank": 8, "scale": 20.0, "dropout": 0.0}, "steps_per_eval": 100000,
+           "save_every": 100000, "val_batches": 1, "base_dtype": "float32" if not args.keep_dtype else "keep",
+           "clear_cache_every": 0, "memory_guard_gb": 0.0, "seed": 0}
+    cfg_file = work / "ours.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    run_dir = work / f"ours-{time.time_ns()}"
+    tic = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--config", str(cfg_file), "--run-dir",
+                        str(run_dir)], capture_output=True, text=True, env=engine_env())
+    wall = time.perf_counter() - tic
+    if p.returncode != 0:
+        raise SystemExit(f"our engine failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    s = json.loads((run_dir / "training_summary.json").read_text())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    data_ev = next(e for e in events if e["type"] == "data")
+    final_eval = [e for e in events if e["type"] == "eval"]
+    return {"train_seconds": s["elapsed"], "tokens": s["trained_tokens"], "peak_gb": s["peak_memory"] / 1e9,
+            "wall": wall, "padding_efficiency": data_ev["padding_efficiency"], "updates": s["updates"],
+            "final_eval_seconds": final_eval[-1]["val_time"] if final_eval else 0.0}
+
+
+def run_mlx_lm(model: str, data: Path, args, work: Path) -> dict:
+    iters = args.samples // args.batch_size
+    adapter = work / f"mlxlm-{time.time_ns()}"
+    cmd = [sys.executable, str(ROOT / "bench" / "mlx_lm_lora_peer.py"), "--model", model, "--train", "--data",
+           str(data), "--batch-size", str(args.batch_size), "--iters", str(iters), "--num-layers",
+           str(args.num_layers), "--max-seq-length", str(args.max_seq_length), "--learning-rate", "1e-5",
+           "--steps-per-report", str(iters), "--steps-per-eval", "100000", "--val-batches", "1",
+           "--save-every", "100000", "--adapter-path", str(adapter), "--seed", "0"]
+    tic = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=engine_env())
+    wall = time.perf_counter() - tic
+    try:
+        report = json.loads(p.stdout.strip().splitlines()[-1])[-1]
+    except (IndexError, ValueError):
+        raise SystemExit(f"mlx_lm.lora failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}") from None
+    tokens = int(report["trained_tokens"])
+    return {"train_seconds": tokens / report["tokens_per_second"], "tokens": tokens,
+            "peak_gb": report["peak_memory"], "wall": wall, "updates": report["iteration"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="tiny (built in code), default, or a model folder")
+    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--num-layers", type=int, default=8)
+    ap.add_argument("--max-seq-length", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--keep-dtype", action="store_true", help="train on the base as stored (no float32)")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    if args.model == "tiny":
+        from tiny_model import build_tiny_model
+
+        model = str(build_tiny_model(work / "tiny", layers=8))
+    elif args.model == "default":
+        from engine.models import default_model_path
+
+        model = str(default_model_path())
+    else:
+        model = args.model
+    if not args.keep_dtype and args.model != "tiny":
+        # mlx_lm.lora trains on the base as stored; give it the same float32 base we train on
+        import mlx_lm
+        from mlx_lm.utils import dequantize_model, save
+
+        m, tok = mlx_lm.load(model)
+        dequantize_model(m)
+        import mlx.core as mx
+
+        m.set_dtype(mx.float32)
+        f32 = work / "base-f32"
+        cfg = json.loads((Path(model) / "config.json").read_text())
+        cfg.pop("quantization", None)
+        cfg.pop("quantization_config", None)
+        save(f32, model, m, tok, cfg)
+        model = str(f32)
+    data = mixed_data(work / "data", args.samples)
+
+    results = {"ours": [], "mlx_lm.lora": []}
+    for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both
+        results["mlx_lm.lora"].append(run_mlx_lm(model, data, args, work))
+        results["ours"].append(run_ours(model, data, args, work))
+
+    def best(rs):
+        return min(rs, key=lambda r: r["train_seconds"])
+
+    ours, peer = best(results["ours"]), best(results["mlx_lm.lora"])
+    samples = args.samples
+    rows = [
+        ("train time for the same samples (s)", f"{peer['train_seconds']:.2f}", f"{ours['train_seconds']:.2f}",
+         f"{peer['train_seconds'] / ours['train_seconds']:.2f}x faster"),
+        ("samples / s", f"{samples / peer['train_seconds']:.1f}", f"{samples / ours['train_seconds']:.1f}", ""),
+        ("loss tokens / s (each tool's own count)", f"{peer['tokens'] / peer['train_seconds']:.0f}",
+         f"{ours['tokens'] / ours['train_seconds']:.0f}", ""),
+        ("peak MLX memory (GB)", f"{peer['peak_gb']:.3f}", f"{ours['peak_gb']:.3f}", ""),
+        ("wall time incl. load (s)", f"{peer['wall']:.1f}", f"{ours['wall']:.1f}", ""),
+    ]
+    head = (f"{datetime.date.today()} {platform.machine()} {platform.system()} | model {args.model} | "
+            f"{samples} samples (half long answers), batch {args.batch_size}, {args.num_layers} layers, "
+            f"max_seq_length {args.max_seq_length}, best of {args.repeats} | our padding efficiency "
+            f"{ours['padding_efficiency']:.0%}")
+    print(head)
+    if args.markdown:
+        print("\n| measure | mlx_lm.lora | farense-tui | ratio |\n|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    else:
+        print(f"{'measure':<42}{'mlx_lm.lora':>14}{'farense-tui':>14}  ratio")
+        for r in rows:
+            print(f"{r[0]:<42}{r[1]:>14}{r[2]:>14}  {r[3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
