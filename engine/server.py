@@ -8,6 +8,7 @@ work and polls the queue between steps (pause, resume, stop, cancel).
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import queue
@@ -167,8 +168,13 @@ def take_protocol_stream() -> TextIO:
 
 
 def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
-    # handlers register themselves on import
-    from . import chat, preflight, trainer  # noqa: F401
+    # handlers register themselves on import; one that fails to import leaves the others working
+    broken = []
+    for name in ("trainer", "preflight", "chat"):
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except Exception as e:  # noqa: BLE001
+            broken.append((name, e, traceback.format_exc()))
 
     device, mlx_version, lm_version = describe_device()
     ctx.emit(P.Hello(
@@ -176,6 +182,9 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
         mlx_lm_version=lm_version, device=device, blas=loaded_blas(), pid=os.getpid(),
         platform=f"{platform.system()} {platform.machine()}",
     ))
+    for name, e, tb in broken:
+        ctx.emit(P.Error(message=f"The engine's {name} part failed to load ({type(e).__name__}: {e}); "
+                                 f"reinstall farense-tui or report this.", traceback=tb, code="import"))
     ctx.emit(P.State(state="idle"))
     if start_reader is not None:
         start_reader()  # only now, so hello is always the first event

@@ -36,6 +36,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from . import batching
 from . import config as C
 from . import protocol as P
+from .models import default_model_installed, resolve_model
 from .schedule import learning_rate_at
 from .server import Context, handles
 
@@ -196,18 +197,17 @@ def summed_loss(model, inputs, targets, mask):
 # ------------------------------------------------------------------- model
 
 
-def resolve_model_name(name: Optional[str]) -> str:
-    try:
-        from .models import resolve_model
-    except ImportError:
-        return name or ""
-    return resolve_model(name)
+resolve_model_name = resolve_model  # TODO(lead): remove once preflight imports engine.models.resolve_model
 
 
 def load_model(name: str):
     from mlx_lm.utils import load
 
     path = Path(name)
+    from .models import default_model_path
+
+    if path == default_model_path() and not default_model_installed():
+        raise TrainingError("The default model is not installed yet; run 'farense-tui model default' (or 'make run').")
     if not path.exists() and (name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hf_id(name)):
         raise TrainingError(f"The model folder {name} does not exist; run 'farense-tui model default' or fix the model path.")
     try:
@@ -347,7 +347,7 @@ class Run:
     def prepare(self) -> None:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.model_name = resolve_model_name(cfg["model"])
+        self.model_name = resolve_model(cfg["model"])
         data_dir = Path(cfg["data"])
         if not data_dir.is_dir():
             raise TrainingError(f"The data folder {data_dir} does not exist; set data to a folder with train.jsonl and valid.jsonl.")

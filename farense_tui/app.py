@@ -46,7 +46,7 @@ class AppOptions:
 class FarenseApp(App):
     TITLE = "farense-tui"
     SUB_TITLE = "LoRA fine-tuning on MLX"
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
 
     BINDINGS = [
         Binding("f1", "show_tab('preflight')", "Preflight", priority=True),
@@ -143,13 +143,13 @@ class FarenseApp(App):
             return [(self.get_key_display(b), b.description, where) for b in Binding.make_bindings(bindings)]
 
         table = rows(self.BINDINGS, "everywhere")
-        table += [("ctrl+p", "command palette: every action by name", "everywhere"),
-                  ("tab / shift+tab", "move between controls", "everywhere")]
+        table += rows([("ctrl+p", "", "Command palette: every action by name"),
+                       ("tab", "", "Next control"), ("shift+tab", "", "Previous control")], "everywhere")
         for tab_class in TAB_CLASSES:
             table += rows(tab_class.BINDINGS, tab_class.__name__.removesuffix("Tab"))
-        table += [("enter", "resume the selected run", "Train (runs list)"),
-                  ("enter", "open the typed run", "Monitor (run path)"),
-                  ("enter", "send the prompt", "Chat")]
+        table += rows([("enter", "", "Resume the selected run")], "Train (runs list)")
+        table += rows([("enter", "", "Open the typed run")], "Monitor (run path)")
+        table += rows([("enter", "", "Send the prompt")], "Chat")
         return table
 
     def action_help(self) -> None:

@@ -118,3 +118,49 @@ def test_headless_train_cli_plain_output_and_exit_codes(tiny_model, tiny_data, t
     assert r.returncode == 2
     assert r.stderr.strip() == "farense-tui: batch_size is 0, but it must be between 1 and 4096."
     assert not (tmp_path / "run2").exists()
+
+
+def test_prints_from_libraries_never_reach_the_protocol_stream():
+    """After take_protocol_stream, print() and raw writes to fd 1 land on stderr."""
+    script = (
+        "import os, sys\n"
+        "from engine.server import take_protocol_stream\n"
+        "out = take_protocol_stream()\n"
+        "print('a print from mlx-lm')\n"
+        "os.write(1, b'a write from C code\\n')\n"
+        "out.write('{\"type\":\"log\",\"message\":\"ok\"}\\n'); out.flush()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.stdout == '{"type":"log","message":"ok"}\n'
+    assert "a print from mlx-lm" in p.stderr and "a write from C code" in p.stderr
+
+
+def test_launcher_preloads_openblas_when_installed(tmp_path, monkeypatch):
+    from farense_tui import engine_client
+
+    fake = tmp_path / "libblas.so.3"
+    fake.write_bytes(b"")
+    monkeypatch.setattr(engine_client.sys, "platform", "linux")
+    monkeypatch.setenv("FARENSE_OPENBLAS", str(fake))
+    env = engine_client.engine_env({"LD_PRELOAD": "/other.so"})
+    assert env["LD_PRELOAD"].split(":") == [str(fake), "/other.so"]
+    monkeypatch.setenv("FARENSE_OPENBLAS", str(tmp_path / "missing.so"))
+    assert "LD_PRELOAD" not in engine_client.engine_env({})
+    monkeypatch.setattr(engine_client.sys, "platform", "darwin")
+    monkeypatch.delenv("FARENSE_OPENBLAS")
+    assert "LD_PRELOAD" not in engine_client.engine_env({})
+
+
+def test_engine_reports_openblas_when_debian_openblas_is_installed():
+    import pytest
+
+    from farense_tui.engine_client import DEBIAN_OPENBLAS, EngineProcess
+
+    if not os.path.exists(DEBIAN_OPENBLAS) or not sys.platform.startswith("linux"):
+        pytest.skip("Debian's libopenblas0-pthread is not installed")
+    eng = EngineProcess().start()
+    try:
+        hello = next(iter(eng.events()))
+        assert hello.blas == "openblas"
+    finally:
+        eng.close()

@@ -208,3 +208,26 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tiny_mod
     train_in_process(cfg, full)
     assert_bit_identical(adapter_arrays(full / "final" / "adapters.safetensors"),
                          adapter_arrays(run / "final" / "adapters.safetensors"))
+
+
+@pytest.mark.parametrize("rows", [
+    [{"prompt": "", "completion": "O Farense foi fundado em 1910."},
+     {"prompt": "Onde joga o Farense?", "completion": "Em Faro."}] * 3,
+    [{"text": "O Sporting Clube Farense é um clube de Faro."}, {"text": "Fundado em 1910."}] * 3,
+], ids=["completions-with-empty-prompt", "text"])
+def test_other_formats_train(tiny_model, tmp_path, rows):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    mask = "prompt" in rows[0]
+    done, events = train_in_process(base_config(tiny_model, data, iters=3, mask_prompt=mask), tmp_path / "run")
+    assert done.status == "completed", of(events, P.Error)
+    assert of(events, P.Data)[0].format == ("completions" if mask else "text")
+    assert all(s.tokens > 0 for s in of(events, P.Step))
+
+
+def test_mask_prompt_trains_only_on_answers(tiny_model, tiny_data, tmp_path):
+    _, full = train_in_process(base_config(tiny_model, tiny_data, iters=2), tmp_path / "a")
+    _, masked = train_in_process(base_config(tiny_model, tiny_data, iters=2, mask_prompt=True), tmp_path / "b")
+    assert 0 < of(masked, P.Step)[0].tokens < of(full, P.Step)[0].tokens

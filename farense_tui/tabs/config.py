@@ -15,12 +15,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.lazy import Lazy
 from textual.widgets import Button, Input, Label, Static, Switch, TabPane
 
 from engine import config as C
 
 from ..runs import new_run_dir
+from ..widgets.deferred import mount_after_first_frame
 
 UNSET = object()  # an empty field: the setting's default
 FieldText = Union[str, bool]  # an Input's text, or a Switch's state
@@ -147,12 +147,7 @@ class ConfigTab(TabPane):
 
     def compose(self) -> ComposeResult:
         with Horizontal():
-            with Lazy(VerticalScroll(id="settings")):
-                for group in C.GROUPS:
-                    yield Label(group.capitalize() if group != "lora" else "LoRA", classes="group")
-                    for setting in C.SETTINGS:
-                        if setting.group == group:
-                            yield self.fields[setting.key]
+            yield VerticalScroll(id="settings")
             with Vertical(id="config-side"):
                 yield Label("Effective batch size")
                 yield Static("", id="effective-batch")
@@ -168,7 +163,17 @@ class ConfigTab(TabPane):
                 yield Static("", id="command-preview")
                 yield Static("", id="config-notes")
 
+    def _settings(self) -> list:
+        widgets = []
+        for group in C.GROUPS:
+            widgets.append(Label(group.capitalize() if group != "lora" else "LoRA", classes="group"))
+            widgets += [self.fields[s.key] for s in C.SETTINGS if s.group == group]
+        return widgets
+
     def on_mount(self) -> None:
+        # the fields (most of the app's widgets) mount after the first frame; until then they
+        # keep what set_values gives them
+        mount_after_first_frame(self.query_one("#settings", VerticalScroll), self._settings())
         path = self.app.options.config_path
         if path:
             self.load(path)

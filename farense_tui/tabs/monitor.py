@@ -14,6 +14,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TabPane
 
 from ..runs import GB, RunError, RunHistory, Snapshot, format_duration, format_gb, format_loss, load_run
+from ..widgets.deferred import mount_after_first_frame
 from ..widgets.gauge import Gauge
 from ..widgets.metric_plot import Line, MetricPlot
 from ..widgets.sparkline import LossSparkline
@@ -69,22 +70,30 @@ class MonitorTab(TabPane):
             with Vertical(id="figures-box"):
                 yield Static("", id="figures")
                 yield LossSparkline()
-        with Grid(id="plots"):
-            yield MetricPlot("loss", [Line("loss", "train", "cyan"), Line("val_loss", "validation", "orange", "dot")],
-                             id="plot-loss")
-            yield MetricPlot("learning rate", [Line("learning_rate", "lr", "magenta")], id="plot-lr")
-            yield MetricPlot("tokens/s", [Line("tokens_per_second", "tokens/s", "green")], id="plot-tps")
-            yield MetricPlot("memory (GB)", [Line("mlx_active", "MLX active", "blue"),
-                                             Line("mlx_peak", "MLX peak", "red"),
-                                             Line("rss", "RSS", "yellow")], id="plot-memory")
+        yield Grid(id="plots")
         with Horizontal(id="open-row"):
             yield Label("Open a run:")
             yield Input(placeholder="run folder or events.jsonl, then enter", id="run-path")
             yield Button("Open", id="open")
             yield Button("Live", id="live")
 
+    def _plots(self) -> list[MetricPlot]:
+        return [
+            MetricPlot("loss", [Line("loss", "train", "cyan"), Line("val_loss", "validation", "orange", "dot")],
+                       id="plot-loss"),
+            MetricPlot("learning rate", [Line("learning_rate", "lr", "magenta")], id="plot-lr"),
+            MetricPlot("tokens/s", [Line("tokens_per_second", "tokens/s", "green")], id="plot-tps"),
+            MetricPlot("memory (GB)", [Line("mlx_active", "MLX active", "blue"), Line("mlx_peak", "MLX peak", "red"),
+                                       Line("rss", "RSS", "yellow")], id="plot-memory"),
+        ]
+
     def on_mount(self) -> None:
+        # the plots mount after the first frame; a redraw draws them from then on
+        mount_after_first_frame(self.query_one("#plots", Grid), self._plots(), then=self._plots_mounted)
         self.set_interval(REDRAW_SECONDS, self.redraw, name="monitor-redraw")
+
+    def _plots_mounted(self) -> None:
+        self._drawn_version = -1
 
     # -- which run is shown
 

@@ -115,6 +115,7 @@ class TrainTab(TabPane):
         self.query_one("#progress", ProgressBar).update(total=1, progress=0)
         self.query_one("#progress-text", Static).update("loading…")
         self._set_state("loading")
+        log.focus()  # Start is now disabled; the tab's keys must keep working
         self.post_message(TrainingStarted(history))
 
     def action_start(self) -> None:

@@ -1,0 +1,516 @@
+"""Pilot tests of every tab against a fake engine that replays recorded event streams (no mlx)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from fake_engine import FakeEngine, FakeFactory
+from rich.text import Text
+from ui_helpers import SIZE, wait_for
+from textual.widgets import Checkbox, DataTable, Input, ProgressBar, Select, Static, TabbedContent
+
+from engine import protocol as P
+from farense_tui.engine_client import EngineProcess
+from farense_tui.messages import EngineEvent, ReplyProgress, TrainingProgress
+from farense_tui.tabs.chat import ChatTab
+from farense_tui.widgets.chat_log import ChatLog, ChatMessage, CompareRow
+from farense_tui.widgets.event_log import EventLog
+from farense_tui.widgets.gauge import Gauge
+from farense_tui.widgets.help_screen import HelpScreen
+from farense_tui.widgets.metric_plot import MetricPlot
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.query_one(selector, Static).render())
+
+
+def log_text(app) -> str:
+    return "\n".join(line.text for line in app.query_one(EventLog).lines)
+
+
+async def start_training(app, pilot, factory) -> FakeEngine:
+    await pilot.press("f3", "s")
+    await wait_for(pilot, lambda: any(e.role == "train" for e in factory.engines), "the train engine to start")
+    return factory.last("train")
+
+
+# ---------------------------------------------------------------- keys
+
+
+async def test_function_keys_switch_tabs_even_from_an_input(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        tabs = app.query_one(TabbedContent)
+        assert tabs.active == "preflight"
+        for key, tab in zip(("f2", "f3", "f4", "f5", "f1"), ("config", "train", "monitor", "chat", "preflight")):
+            await pilot.press(key)
+            assert tabs.active == tab
+        await pilot.press("f5")
+        prompt = app.query_one("#prompt", Input)
+        prompt.focus()
+        await pilot.press("h", "i", "f3")
+        assert tabs.active == "train"
+        assert prompt.value == "hi"  # the function key did not type into the input
+
+
+async def test_footer_shows_the_tab_keys(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        keys = {b.key for _, b, enabled, _ in app.screen.active_bindings.values() if b.show}
+        assert {"f1", "f2", "f3", "f4", "f5", "ctrl+q"} <= keys
+
+
+async def test_help_screen_lists_every_key(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3", "question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        table = app.screen.query_one(DataTable)
+        rows = [tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
+        keys = {r[0] for r in rows}
+        assert {"f1", "f2", "f3", "f4", "f5", "^q", "?", "^p", "s", "esc", "⏎"} <= keys
+        actions = {r[1] for r in rows}
+        assert {"Start", "Pause", "Stop", "Run preflight", "Save YAML", "Open run", "Stop reply", "Compare"} <= actions
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), "the help screen to close")
+
+
+async def test_command_palette_offers_the_main_actions(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Start training", "Stop training", "Pause training", "Run preflight", "Apply recommended config",
+                "Open a run", "Resume a run", "Load config YAML", "Save config YAML", "Stop the reply",
+                "Compare base and adapter", "Show keys"} <= titles
+        await pilot.press("ctrl+p")
+        await pilot.press(*"start training")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(e.role == "train" for e in factory.engines), "training from the palette")
+        assert app.query_one(TabbedContent).active == "train"
+        assert factory.last("train").sent_of(P.Train)
+
+
+# ---------------------------------------------------------------- preflight
+
+
+async def test_preflight_fills_the_tables_and_applies_the_recommendation(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1", "r")
+        checks = app.query_one("#checks", DataTable)
+        await wait_for(pilot, lambda: app.preflight_tab.recommended is not None, "preflight_done")
+        sent = factory.last("preflight").sent_of(P.Preflight)
+        assert sent and sent[0].out == "checkpoints" and sent[0].probe is False
+        assert sent[0].config["model"] == "models/smollm2-135m"
+        assert checks.row_count == 10
+        statuses = [checks.get_row_at(i)[0] for i in range(checks.row_count)]
+        assert {s.plain for s in statuses} == {"✔ pass", "! warn", "✘ fail"}
+        assert all(isinstance(s, Text) and s.style for s in statuses)  # coloured
+        assert app.query_one("#probes", DataTable).row_count == 3
+        assert "7 passed, 2 warnings, 1 failed" in text_of(app, "#preflight-status")
+        assert "batch_size: 4" in text_of(app, "#recommended")
+        await wait_for(pilot, lambda: not app.links["preflight"].running, "the preflight engine to close")
+
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.config_tab.texts["batch_size"] == "4", "the recommendation in Config")
+        assert app.config_tab.texts["grad_checkpoint"] is True
+        cfg, error = app.config_tab.resolved()
+        assert error is None and cfg["grad_accumulation_steps"] == 2 and cfg["memory_guard_gb"] == 1.0
+
+
+async def test_preflight_with_probe(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1", "p")
+        await wait_for(pilot, lambda: app.preflight_tab.recommended is not None, "preflight_done")
+        assert factory.last("preflight").sent_of(P.Preflight)[0].probe is True
+
+
+# ---------------------------------------------------------------- config
+
+
+async def test_config_validates_as_you_type(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        tab = app.config_tab
+        await wait_for(pilot, lambda: tab.fields_mounted, "the settings to mount")
+        assert text_of(app, "#config-status") == "The config is valid."
+        assert "2 × 2 = 4 samples per update" in text_of(app, "#effective-batch")
+        assert "farense-tui train --config config.yaml --run-dir checkpoints/run-20250501-120000" in text_of(
+            app, "#command-preview")
+
+        field = tab.fields["batch_size"]
+        field.editor.focus()
+        await pilot.press("ctrl+u", "0")
+        await wait_for(pilot, lambda: field.has_class("-invalid"), "the batch_size message")
+        assert str(field.note.render()) == "batch_size is 0, but it must be between 1 and 4096."
+        assert "batch_size is 0" in text_of(app, "#config-status")
+        await pilot.press("backspace", "8")
+        await wait_for(pilot, lambda: not field.has_class("-invalid"), "batch_size to be valid again")
+        assert "8 × 2 = 16 samples per update" in text_of(app, "#effective-batch")
+
+        epochs = tab.fields["epochs"]
+        epochs.editor.focus()
+        await pilot.press("2")
+        await wait_for(pilot, lambda: epochs.has_class("-invalid"), "the epochs/iters message")
+        assert str(epochs.note.render()) == "epochs and iters are both set; set only one of them."
+        assert tab.resolved()[1] == "epochs and iters are both set; set only one of them."
+
+
+async def test_config_saves_and_loads_yaml(app_factory, workdir):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        tab = app.config_tab
+        await wait_for(pilot, lambda: tab.fields_mounted, "the settings to mount")
+        tab.fields["learning_rate"].set_text("3e-5")
+        path = app.query_one("#config-path", Input)
+        path.value = "saved.yaml"
+        path.focus()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: (workdir / "saved.yaml").exists(), "saved.yaml")
+        saved = yaml.safe_load((workdir / "saved.yaml").read_text())
+        assert saved["learning_rate"] == 3e-5 and saved["iters"] == 40
+
+        (workdir / "mlx.yaml").write_text(
+            "model: other/model\ntrain: true\nadapter_path: adapters\nbatch_size: 1\niters: 7\n"
+            "lora_parameters: {rank: 4, scale: 10.0, dropout: 0.1}\n")
+        path.value = "mlx.yaml"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: tab.texts["model"] == "other/model", "mlx.yaml to load")
+        cfg, error = tab.resolved()
+        assert error is None and cfg["iters"] == 7 and cfg["lora_parameters"]["rank"] == 4
+        assert cfg["learning_rate"] == 1e-4  # keys the file leaves out go back to their defaults
+        notes = text_of(app, "#config-notes")
+        assert "train is an mlx_lm.lora option" in notes and "adapter_path" in notes
+
+        path.value = "missing.yaml"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: "does not exist" in text_of(app, "#config-status"), "the load error")
+        assert tab.texts["model"] == "other/model"  # a failed load changes nothing
+
+
+async def test_config_recommended_from_the_checkpoints_folder(app_factory, workdir):
+    (workdir / "checkpoints" / "recommended_config.json").write_text('{"batch_size": 1, "max_seq_length": 256}')
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2", "ctrl+r")
+        await wait_for(pilot, lambda: app.config_tab.texts["max_seq_length"] == "256", "the recommendation")
+        assert app.config_tab.texts["batch_size"] == "1"
+
+
+# ---------------------------------------------------------------- train
+
+
+async def test_training_replays_into_progress_and_log(app_factory, factory):
+    messages = []
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE, message_hook=messages.append) as pilot:
+        engine = await start_training(app, pilot, factory)
+        train = app.train_tab
+        await wait_for(pilot, lambda: not train.busy and train.state == "completed", "the run to complete")
+        command = engine.sent_of(P.Train)[0]
+        assert command.run_dir == "checkpoints/run-20250501-120000" and command.resume is False
+        assert command.config["iters"] == 40 and command.config["model"] == "models/smollm2-135m"
+        bar = app.query_one("#progress", ProgressBar)
+        assert (bar.progress, bar.total) == (40, 40)
+        progress = text_of(app, "#progress-text")
+        assert "update 40/40" in progress and "epoch 2" in progress and "ETA 0:00" in progress
+        log = log_text(app)
+        for expected in ("validation loss", "checkpoint (periodic) at update 10", "warning: System available memory",
+                         "update 35/40", "training completed, best validation loss", "memory: cleared cache"):
+            assert expected in log, expected
+        steps = [m for m in messages if isinstance(m, TrainingProgress)]
+        assert steps and steps[-1].step.step == 40
+        assert not any(isinstance(m, EngineEvent) and isinstance(m.event, P.Step) and m.event.step % 5
+                       for m in messages)  # only report steps reach the log
+        await wait_for(pilot, lambda: engine.returncode == 0, "the engine to be shut down after done")
+
+
+async def test_pause_continue_and_stop(app_factory):
+    factory = FakeFactory(delay=0.03)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        engine = await start_training(app, pilot, factory)
+        bar = app.query_one("#progress", ProgressBar)
+        await wait_for(pilot, lambda: bar.progress >= 3, "some progress")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.train_tab.state == "paused", "the paused state")
+        assert engine.sent_of(P.Pause)
+        assert not app.query_one("#continue").disabled and app.query_one("#pause").disabled
+        paused_at = bar.progress
+        await pilot.pause(0.2)
+        assert bar.progress == paused_at
+        await pilot.press("c")
+        await wait_for(pilot, lambda: bar.progress > paused_at, "progress after continue")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: app.train_tab.state == "stopped", "the stopped run")
+        assert engine.sent_of(P.Stop)
+        assert "checkpoint (stop)" in log_text(app) and "training stopped" in log_text(app)
+        assert bar.progress < 40
+
+
+async def test_resume_an_earlier_run(app_factory, factory, workdir):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        table = app.query_one("#runs", DataTable)
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == [
+            "run-20250430-180000", "run-20250430-090000"]
+        assert [str(table.get_row_at(i)[1]) for i in range(table.row_count)] == ["completed", "unfinished"]
+        table.focus()
+        await pilot.press("r")  # the completed run cannot be resumed
+        await pilot.pause()
+        assert not factory.engines
+        await pilot.press("down", "r")
+        await wait_for(pilot, lambda: factory.engines, "the resumed run")
+        command = factory.last("train").sent_of(P.Train)[0]
+        assert command.resume is True
+        assert Path(command.run_dir) == workdir / "checkpoints" / "run-20250430-090000"
+        assert command.config["iters"] == 40
+        await wait_for(pilot, lambda: not app.train_tab.busy, "the resumed run to finish")
+        assert "resuming from" in log_text(app)
+
+
+async def test_start_refuses_an_invalid_config(app_factory, factory):
+    app = app_factory(factory, config=False)  # no model set
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3", "s")
+        await pilot.pause()
+        assert not factory.engines
+        assert "model is not set" in text_of(app, "#train-error")
+        assert app.query_one("#train-error").has_class("-visible")
+
+
+def crash_first(**kwargs):
+    """A factory whose first train engine misbehaves (kwargs) and later ones replay normally."""
+    plain = FakeFactory()
+
+    def make(role):
+        engine = FakeEngine(role, **(kwargs if not plain.engines else {}))
+        plain.engines.append(engine)
+        return engine
+
+    make.engines = plain.engines
+    make.last = plain.last
+    return make
+
+
+async def test_an_engine_that_dies_shows_its_stderr_and_the_app_goes_on(app_factory):
+    factory = crash_first(crash_after=20)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_training(app, pilot, factory)
+        error = app.query_one("#train-error", Static)
+        await wait_for(pilot, lambda: error.has_class("-visible"), "the crash report")
+        report = text_of(app, "#train-error")
+        assert "The engine exited unexpectedly (exit code 1)" in report
+        assert "RuntimeError: [metal::malloc] Resource limit exceeded." in report
+        assert app.train_tab.state == "exited" and not app.train_tab.busy
+        # the app is still usable: switch tabs, then train again
+        await pilot.press("f4", "f3", "s")
+        await wait_for(pilot, lambda: app.train_tab.state == "completed", "a second run")
+        assert not error.has_class("-visible")
+
+
+async def test_garbage_from_the_engine_shows_as_an_error(app_factory):
+    factory = crash_first(garbage_after=8)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_training(app, pilot, factory)
+        await wait_for(pilot, lambda: app.train_tab.state == "completed", "the run to go on")
+        report = text_of(app, "#train-error")
+        assert "not protocol" in report and "Loading weights 100%" in report
+
+
+async def test_a_real_subprocess_that_prints_garbage_and_dies(app_factory, tmp_path):
+    script = tmp_path / "bad_engine.py"
+    script.write_text(
+        "import sys\n"
+        "print('not json at all', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "sys.stderr.write('Traceback (most recent call last):\\nImportError: no module named mlx_lm\\n')\n"
+        "sys.exit(3)\n"
+    )
+    app = app_factory(lambda role: EngineProcess(argv=[sys.executable, str(script)]).start())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3", "s")
+        await wait_for(pilot, lambda: "exit code 3" in text_of(app, "#train-error"), "the crash report", 20)
+        assert "ImportError: no module named mlx_lm" in text_of(app, "#train-error")
+        assert "not protocol" in log_text(app)
+        await pilot.press("f1", "f3")
+        assert app.query_one(TabbedContent).active == "train"
+
+
+# ---------------------------------------------------------------- monitor
+
+
+async def test_monitor_draws_the_live_run_on_its_timer(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_training(app, pilot, factory)
+        await wait_for(pilot, lambda: app.train_tab.state == "completed", "the run to complete")
+        await pilot.press("f4")
+        monitor = app.monitor_tab
+        history = monitor.history
+        assert history is not None and history is monitor.live
+        await wait_for(pilot, lambda: monitor._drawn_version == history.version, "the timer's redraw")
+        await wait_for(pilot, lambda: all(p._has_data for p in app.query(MetricPlot)), "the plots")
+        figures = text_of(app, "#figures")
+        assert "update 40/40" in figures and "best val loss 1." in figures and "tokens/s" in figures
+        assert "steps/s" in figures and "ETA" in figures
+        assert "live: checkpoints/run-20250501-120000 · completed" in text_of(app, "#monitor-source")
+        available = app.query_one("#g-available", Gauge)
+        assert available.has_class("-warn") and "of 16.0 GB" in available.text
+        assert app.query_one("#g-active", Gauge).text.endswith("GB")
+        snapshot = history.snapshot()
+        assert len(snapshot.series["loss"][0]) == 40 and len(snapshot.series["val_loss"][0]) == 4
+
+
+async def test_monitor_opens_a_past_run(app_factory, workdir):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        path = app.query_one("#run-path", Input)
+        path.focus()
+        await pilot.press(*"checkpoints/run-20250430-090000", "enter")
+        monitor = app.monitor_tab
+        await wait_for(pilot, lambda: monitor.history is not None, "the past run")
+        await wait_for(pilot, lambda: "update 25/40" in text_of(app, "#figures"), "its figures")
+        assert "opened: checkpoints/run-20250430-180000" not in text_of(app, "#monitor-source")
+        assert "unfinished" not in text_of(app, "#monitor-source")  # its last state: training
+        assert "· training" in text_of(app, "#monitor-source")
+
+        path.value = "nowhere"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert monitor.history.snapshot().last_step.step == 25  # a bad path keeps the open run
+
+
+async def test_open_a_run_from_the_train_tab(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        app.query_one("#runs", DataTable).focus()
+        await pilot.press("o")
+        await wait_for(pilot, lambda: app.monitor_tab.history is not None, "the opened run")
+        assert app.query_one(TabbedContent).active == "monitor"
+        assert app.monitor_tab.history.snapshot().done.status == "completed"
+
+
+# ---------------------------------------------------------------- chat
+
+
+async def send_prompt(pilot, app, text: str) -> None:
+    prompt = app.query_one("#prompt", Input)
+    prompt.focus()
+    await pilot.press(*text, "enter")
+
+
+async def test_chat_streams_a_reply(app_factory, factory, workdir):
+    messages = []
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE, message_hook=messages.append) as pilot:
+        await pilot.press("f5")
+        chat: ChatTab = app.chat_tab
+        assert app.query_one("#chat-model", Input).value == "models/smollm2-135m"
+        adapter = app.query_one("#chat-adapter", Select).value
+        assert adapter == str(workdir / "checkpoints" / "run-20250430-180000" / "adapters")  # the newest run's
+        app.query_one("#sampler-temperature", Input).value = "0.2"
+        await send_prompt(pilot, app, "Quem fundou o Farense?")
+        await wait_for(pilot, lambda: chat.current is None and not chat.pending, "the reply")
+        engine = factory.last("chat")
+        load, request = engine.sent_of(P.ChatLoad)[0], engine.sent_of(P.Chat)[0]
+        assert (load.model, load.adapter) == ("models/smollm2-135m", adapter)
+        assert request.message == "Quem fundou o Farense?" and request.temperature == 0.2
+        assert request.max_tokens == 256 and request.repetition_penalty == 1.1
+        replies = [m for m in app.query(ChatMessage) if m.has_class("reply")]
+        assert len(replies) == 1 and str(replies[0].render()) == FakeEngine.REPLY
+        assert "tok/s" in replies[0].border_subtitle
+        assert any(isinstance(m, ReplyProgress) for m in messages)
+        assert "Loaded models/smollm2-135m" in text_of(app, "#chat-status") or "Reply done" in text_of(
+            app, "#chat-status")
+        assert app.query_one("#prompt", Input).value == ""
+
+
+async def test_chat_reply_can_be_stopped(app_factory):
+    factory = FakeFactory(delay=0.05)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await send_prompt(pilot, app, "Conta-me tudo")
+        log = app.query_one(ChatLog)
+        await wait_for(pilot, lambda: any(m.has_class("-streaming") for m in log.query(ChatMessage)),
+                       "the first token")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.chat_tab.current is None, "the stopped reply")
+        assert factory.last("chat").sent_of(P.Cancel)
+        reply = [m for m in log.query(ChatMessage) if m.has_class("reply")][0]
+        assert reply.has_class("-failed") and "cancelled" in reply.border_subtitle
+
+
+async def test_chat_compares_base_and_adapter(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5", "ctrl+t")
+        assert app.query_one("#compare", Checkbox).value is True
+        await send_prompt(pilot, app, "Quem é o Farense?")
+        chat = app.chat_tab
+        await wait_for(pilot, lambda: chat.current is None and not chat.pending, "both replies")
+        engine = factory.last("chat")
+        kinds = [(type(r).__name__, getattr(r, "adapter", None)) for r in engine.sent
+                 if isinstance(r, (P.ChatAdapter, P.Chat))]
+        adapter = str(app.query_one("#chat-adapter", Select).value)
+        assert kinds == [("ChatAdapter", None), ("Chat", None), ("ChatAdapter", adapter), ("Chat", None)]
+        assert all(not c.keep_history for c in engine.sent_of(P.Chat))
+        row = app.query_one(CompareRow)
+        boxes = list(row.query(ChatMessage))
+        assert [b.border_title for b in boxes] == ["base", "base + adapter"]
+        assert str(boxes[1].render()) == FakeEngine.REPLY
+
+
+async def test_chat_says_when_the_engine_cannot_chat(app_factory):
+    factory = FakeFactory(chat="unsupported")
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await send_prompt(pilot, app, "Olá")
+        await wait_for(pilot, lambda: "cannot handle" in text_of(app, "#chat-status"), "the engine's answer")
+        assert "The engine cannot handle 'chat_load' commands yet." in text_of(app, "#chat-status")
+        assert app.query_one("#chat-status").has_class("-error")
+        chat = app.chat_tab
+        assert chat.current is None and not chat.pending and not chat.has_class("-replying")
+        reply = [m for m in app.query(ChatMessage) if m.has_class("reply")][0]
+        assert reply.has_class("-failed")
+
+
+async def test_chat_sampler_values_are_checked(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        app.query_one("#sampler-temperature", Input).value = "hot"
+        await send_prompt(pilot, app, "Olá")
+        assert text_of(app, "#chat-status") == "temperature is 'hot', but it must be a number of at least 0."
+        assert not factory.engines
+
+
+# ---------------------------------------------------------------- quitting
+
+
+async def test_quit_shuts_the_engines_down(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await send_prompt(pilot, app, "Olá")
+        await wait_for(pilot, lambda: app.chat_tab.current is None, "the reply")
+        engine = factory.last("chat")
+        assert engine.returncode is None  # the chat engine stays up between replies
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: engine.returncode == 0, "the chat engine to shut down")
+    assert app.return_code == 0
+
