@@ -244,7 +244,9 @@ class ChatSession:
               on_token: Optional[Callable[[str], None]] = None,
               should_cancel: Optional[Callable[[], bool]] = None) -> Reply:
         """Answer ``message``; ``on_token(text)`` gets each piece as it is generated,
-        ``should_cancel()`` is asked after each token and stops the reply when true."""
+        ``should_cancel()`` is asked after each token and stops the reply when true. The exchange
+        joins the history (a cancelled reply with the part the user saw) unless ``keep_history``
+        is off."""
         from mlx_lm.generate import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 

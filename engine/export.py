@@ -38,7 +38,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="the folder to write; must not exist unless --force")
     parser.add_argument("--fuse", action="store_true", help="write a standalone model with the adapter fused in")
     parser.add_argument("--dequantize", action="store_true",
-                        help="with --fuse: write float weights instead of keeping the base's quantization")
+                        help="with --fuse: write float weights (exact, larger) instead of re-quantizing like the base")
     parser.add_argument("--model", help="the base model (default: the 'model' of the run's config.yaml)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser.parse_args(argv)
@@ -58,6 +58,9 @@ def run_base_model(run: Path) -> Optional[str]:
     model = config.get("model") if isinstance(config, dict) else None
     return str(model) if model else None
 
+
+REQUANTIZED_NOTE = ("Fusing re-quantizes the adapted layers, which adds rounding noise that can blur a small "
+                    "adapter; export with --dequantize for an exact (larger) model, or use the adapter unfused.")
 
 SAMPLING_NOTE = """\
 Small models fall into loops under greedy decoding: sample (temperature 0.7, top-p 0.9, min-p 0.05)
@@ -108,12 +111,13 @@ Or fuse it into a standalone model: `farense-tui export --run RUN --out OUT --fu
 
 def fused_readme(base: str, adapter: Path, dequantized: bool, quantization: Optional[dict]) -> str:
     if quantization and not dequantized:
-        weights = f"{quantization.get('bits')}-bit quantized (group size {quantization.get('group_size')}) like its base"
+        weights = (f"{quantization.get('bits')}-bit quantized (group size {quantization.get('group_size')}) like "
+                   f"its base. {REQUANTIZED_NOTE}")
     else:
-        weights = "float weights"
+        weights = "float weights, so it answers exactly as the base with the adapter does."
     return f"""# Fused model (exported by farense-tui)
 
-`{base}` with the LoRA adapter from `{adapter}` fused into its weights; {weights}.
+`{base}` with the LoRA adapter from `{adapter}` fused into its weights: {weights}
 A standalone MLX model: no adapter is needed to load it.
 
 ```python
@@ -180,10 +184,15 @@ def export(run: str, out: str, *, fuse: bool = False, dequantize: bool = False,
     if out_dir == run_dir.absolute() or out_dir in adapter.parents or out_dir == adapter:
         raise ExportError(f"--out {out} would replace the run's own files; choose a folder outside the run.")
     base = model or run_base_model(run_dir)
-    if fuse:
-        if not base:
-            raise ExportError(f"{run} has no config.yaml naming its base model; pass --model to fuse.")
-        base = resolve_model(base)
+    if fuse and not base:
+        raise ExportError(f"{run} has no config.yaml naming its base model; pass --model to fuse.")
+    if base:
+        try:
+            base = resolve_model(base)  # "default" becomes the folder other tools can load
+        except ChatError:
+            if fuse:
+                raise
+            # the adapter copy does not need the base here; its README names it as the run did
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -214,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ExportError, ChatError) as e:
         print(f"farense-tui export: {e}", file=sys.stderr)
         return 1
+    if args.fuse and not args.dequantize and json.loads((out / "config.json").read_text()).get("quantization"):
+        print(f"Note: {REQUANTIZED_NOTE}", file=sys.stderr)
     what = "fused model" if args.fuse else "adapter"
     print(f"Exported the {what} to {out}; its README.md says how to load it.")
     print(out)

@@ -54,10 +54,11 @@ from . import config as C
 from . import protocol as P
 from .batching import padded_length
 from .datatools import CheckResult, check_file, length_stats
+from .models import default_model_installed, default_model_path, resolve_model
 from .server import Context, handles, loaded_blas
 from .trainer import (
-    TrainingError, apply_fine_tune_type, load_model, make_optimizer, quantization_of, resolve_model_name,
-    set_base_dtype, summed_loss, tokenize,
+    TrainingError, apply_fine_tune_type, load_model, make_optimizer, quantization_of, set_base_dtype, summed_loss,
+    tokenize,
 )
 
 GB = 1024 ** 3
@@ -749,10 +750,10 @@ def check_data_files(cfg: dict) -> tuple[list[P.Check], dict[str, CheckResult]]:
 
 def check_model(cfg: dict, name: str) -> tuple[list[P.Check], Optional[tuple]]:
     """Found, size, loads, quantization, parameters. Returns (checks, (model, tokenizer, info) or None)."""
-    if not name:
-        return [check("model", "found", "fail", "No model is configured and the default model is not installed.",
-                      "Run 'farense-tui model default', or set model to a local MLX folder or a Hugging Face id.")
-                ], None
+    if Path(name) == default_model_path() and not default_model_installed():
+        return [check("model", "found", "fail", "The default model (SmolLM2-135M-Instruct) is not installed yet.",
+                      "Run 'farense-tui model default' (or make run), or set model to a local MLX folder or a "
+                      "Hugging Face id.")], None
     folder = model_folder(name)
     if folder is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
@@ -1289,7 +1290,7 @@ def run_preflight(raw: dict, out: str | os.PathLike = "checkpoints", probe: bool
     backend = device.backend if device else device_backend()
     add(check_hardware(hw, backend))
 
-    model_name = guarded("model", resolve_model_name, cfg["model"], default="") or ""
+    model_name = resolve_model(cfg["model"])
     model_cfg = read_model_config(model_folder(model_name))
     stored_quant = model_cfg.get("quantization")
     float_dtype = str(model_cfg.get("torch_dtype") or "float32")

@@ -57,11 +57,14 @@ class TrainingError(Exception):
 # ------------------------------------------------------------------ helpers
 
 
+_PROCESS = psutil.Process()
+
+
 def memory_snapshot() -> P.Memory:
     vm = psutil.virtual_memory()
     return P.Memory(
         mlx_active=int(mx.get_active_memory()), mlx_cache=int(mx.get_cache_memory()),
-        mlx_peak=int(mx.get_peak_memory()), rss=int(psutil.Process().memory_info().rss),
+        mlx_peak=int(mx.get_peak_memory()), rss=int(_PROCESS.memory_info().rss),
         system_available=int(vm.available), system_total=int(vm.total),
     )
 
@@ -190,8 +193,8 @@ def make_batch(data: Tokenized, indices: list[int], max_seq_length: int):
 def summed_loss(model, inputs, targets, mask):
     """Sum of per-token cross-entropy over the mask, and the number of tokens."""
     logits = model(inputs)
-    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * mask
-    return ce.sum(), mask.sum()
+    ce = nn.losses.cross_entropy(logits, targets) * mask  # in the logits' dtype: a float32 copy of
+    return ce.astype(mx.float32).sum(), mask.sum()       # batch x length x vocab costs memory
 
 
 # ------------------------------------------------------------------- model
@@ -598,7 +601,29 @@ class Run:
             mx.clear_cache()
         return None
 
+    def compile_steps(self) -> None:
+        """One compiled function over the model, optimizer and RNG state, as mlx-lm does (fused
+        kernels, fewer temporaries): a micro-batch's gradient added to the update's running sum and,
+        on the update's last micro-batch, the optimizer step with the token-weighted mean. Built
+        after a resume, which replaces the optimizer state the compiled closure captures."""
+        self.optimizer.init(self.model.trainable_parameters())
+        state = [self.model.state, self.optimizer.state, mx.random.state]
+        value_and_grad = self.value_and_grad
+
+        def step(inputs, targets, mask, loss_sum, ntoks, grads, do_update):
+            (loss, n), g = value_and_grad(self.model, inputs, targets, mask)
+            if grads is not None:  # the first micro-batch of an update is its own trace
+                g = tree_map(mx.add, grads, g)
+                loss, n = loss + loss_sum, n + ntoks
+            if do_update:
+                self.optimizer.update(self.model, tree_map(lambda x: x / n, g))
+                g = None
+            return loss, n, g
+
+        self.step = mx.compile(step, inputs=state, outputs=state)
+
     def loop(self) -> str:
+        self.compile_steps()
         cfg = self.cfg
         accum = cfg["grad_accumulation_steps"]
         window: deque = deque(maxlen=10)
@@ -614,27 +639,20 @@ class Run:
             update = self.pos.update + 1
             lr = learning_rate_at(update, cfg, self.total_updates)
             self.optimizer.learning_rate = lr
-            grads, loss_sum, ntoks = None, mx.array(0.0), mx.array(0.0)
+            grads, loss_sum, ntoks = None, None, None
             epoch = self.pos.epoch
-            n_micro = 0
             # the micro-batches of this update: accum of them, fewer at the epoch's end
-            while n_micro < accum:
-                e, b, idx = next(stream)
-                if e != epoch:  # never straddle epochs: put it back for the next update
-                    stream = _prepend((e, b, idx), stream)
-                    break
+            for n_micro in range(accum):
+                _, b, idx = next(stream)
+                last = n_micro + 1 == accum or b + 1 == len(self.batches)
                 inputs, targets, mask = make_batch(self.train, idx, cfg["max_seq_length"])
-                (l, n), g = self.value_and_grad(self.model, inputs, targets, mask)
-                grads = g if grads is None else tree_map(mx.add, grads, g)
-                loss_sum = loss_sum + l
-                ntoks = ntoks + n
-                mx.eval(grads, loss_sum, ntoks)  # keep the graph from growing across micro-batches
-                n_micro += 1
+                loss_sum, ntoks, grads = self.step(inputs, targets, mask, loss_sum, ntoks, grads, last)
                 self.pos.batch = b + 1
+                if last:
+                    break
+                mx.eval(loss_sum, ntoks, grads)  # keep the graph from growing across micro-batches
+            mx.eval(self.model.state, self.optimizer.state, mx.random.state, loss_sum, ntoks)
             total_tokens = max(ntoks.item(), 1.0)
-            grads = tree_map(lambda x: x / total_tokens, grads)
-            self.optimizer.update(self.model, grads)
-            mx.eval(self.model.parameters(), self.optimizer.state)
             if self.pos.batch >= len(self.batches):
                 epoch_done = True
                 self.pos.epoch, self.pos.batch = epoch + 1, 0
@@ -642,7 +660,7 @@ class Run:
                 epoch_done = False
             dt = time.perf_counter() - tic
             loss = loss_sum.item() / total_tokens
-            tokens = int(ntoks.item())
+            tokens = int(total_tokens)
             self.pos.update = update
             self.pos.trained_tokens += tokens
             self.pos.elapsed += dt
@@ -718,11 +736,6 @@ class Run:
         C.atomic_write_text(self.run_dir / "training_summary.json", json.dumps(summary, indent=2))
         self._write_metrics_json()
         return summary
-
-
-def _prepend(item, iterator):
-    yield item
-    yield from iterator
 
 
 def _quantized_extra(model) -> int:

@@ -108,8 +108,9 @@ def test_fused_quantized_model(tiny_quantized_model, tmp_path, dequantize):
         assert "quantization" not in config
         assert mx.allclose(fused, expected, atol=1e-4, rtol=1e-4)
     else:
-        # re-quantizing the fused weights costs a 4-bit rounding, no more
+        # re-quantizing the fused weights costs a 4-bit rounding, no more; the user is told
         assert config["quantization"]["bits"] == 4
+        assert "--dequantize" in done.stderr and "--dequantize" in (out / "README.md").read_text()
         assert mx.abs(fused - expected).max().item() < 0.1 * mx.abs(expected).max().item()
 
 

@@ -225,12 +225,19 @@ def test_model_checks(tmp_path, tiny_model):
     assert statuses(too_deep)["num_layers"] == "fail"
 
     assert statuses(PF.check_model(config(), str(tmp_path / "absent"))[0]) == {"found": "fail"}
-    assert statuses(PF.check_model(config(), "")[0]) == {"found": "fail"}
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
     checks, loaded = PF.check_model(config(), str(broken))
     assert statuses(checks) == {"found": "pass", "loads": "fail"} and loaded is None
+
+
+def test_a_missing_default_model_says_how_to_install_it(tmp_path, monkeypatch):
+    from engine.models import resolve_model
+
+    monkeypatch.setenv("FARENSE_TUI_HOME", str(tmp_path / "home"))
+    checks, loaded = PF.check_model(config(), resolve_model(None))
+    assert loaded is None and checks[0].status == "fail" and "farense-tui model default" in checks[0].fix
 
 
 def test_token_length_checks_measure_truncation(tiny_model, tiny_data):

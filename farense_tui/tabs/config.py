@@ -45,7 +45,7 @@ def parse_value(setting: C.Setting, text: FieldText) -> Any:
     text = text.strip()
     if not text:
         return None if setting.default is None else UNSET
-    if isinstance(setting.default, str) or setting.key == "model":
+    if isinstance(setting.default, str):
         return text
     try:
         return yaml.safe_load(text)

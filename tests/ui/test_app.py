@@ -271,19 +271,22 @@ async def test_resume_an_earlier_run(app_factory, factory, workdir):
         await wait_for(pilot, lambda: factory.engines, "the resumed run")
         command = factory.last("train").sent_of(P.Train)[0]
         assert command.resume is True
-        assert Path(command.run_dir) == workdir / "checkpoints" / "run-20250430-090000"
+        assert Path(command.run_dir).resolve() == workdir / "checkpoints" / "run-20250430-090000"
         assert command.config["iters"] == 40
         await wait_for(pilot, lambda: not app.train_tab.busy, "the resumed run to finish")
         assert "resuming from" in log_text(app)
 
 
 async def test_start_refuses_an_invalid_config(app_factory, factory):
-    app = app_factory(factory, config=False)  # no model set
+    app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
+        app.config_tab.set_values({"batch_size": 0}, replace=False)
         await pilot.press("f3", "s")
         await pilot.pause()
         assert not factory.engines
-        assert "model is not set" in text_of(app, "#train-error")
+        assert text_of(app, "#train-error") == (
+            "The config is not valid: batch_size is 0, but it must be between 1 and 4096. "
+            "Fix it in the Config tab (F2).")
         assert app.query_one("#train-error").has_class("-visible")
 
 
@@ -420,7 +423,7 @@ async def test_chat_streams_a_reply(app_factory, factory, workdir):
         chat: ChatTab = app.chat_tab
         assert app.query_one("#chat-model", Input).value == "models/smollm2-135m"
         adapter = app.query_one("#chat-adapter", Select).value
-        assert adapter == str(workdir / "checkpoints" / "run-20250430-180000" / "adapters")  # the newest run's
+        assert Path(adapter).resolve() == workdir / "checkpoints" / "run-20250430-180000" / "adapters"  # the newest
         app.query_one("#sampler-temperature", Input).value = "0.2"
         await send_prompt(pilot, app, "Quem fundou o Farense?")
         await wait_for(pilot, lambda: chat.current is None and not chat.pending, "the reply")

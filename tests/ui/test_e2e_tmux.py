@@ -1,0 +1,106 @@
+"""End to end in a real terminal: the installed ``farense-tui`` in a 120x40 tmux session, switched
+through its tabs with F1..F5, training the tiny model with the real engine until the progress
+moves, then quit with ctrl+q."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import config as C
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
+
+APP = Path(sys.executable).parent / "farense-tui"
+
+
+class Tmux:
+    def __init__(self, name: str):
+        self.name = name
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=30)
+
+    def start(self, command: list[str], cwd: Path, env: dict) -> None:
+        env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+        done = self.run("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", "-c", str(cwd),
+                        *env_args, *command)
+        assert done.returncode == 0, done.stderr
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.name).stdout
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.name, *keys)
+
+    def alive(self) -> bool:
+        return self.run("has-session", "-t", self.name).returncode == 0
+
+    def wait(self, condition, what: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen() if self.alive() else ""
+            if condition(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; the screen:\n{text}")
+            time.sleep(0.2)  # polling a real terminal: there is no event to wait on
+
+    def kill(self) -> None:
+        self.run("kill-session", "-t", self.name)
+
+
+def progress(text: str) -> int:
+    found = re.findall(r"update (\d+)/30", text)
+    return max(map(int, found)) if found else 0
+
+
+def test_tabs_training_and_quit_in_tmux(tmp_path, tiny_model):
+    from tiny_model import write_chat_data
+
+    data = write_chat_data(tmp_path / "data")
+    cfg, _ = C.validate({
+        "model": str(tiny_model), "data": str(data), "iters": 30, "batch_size": 2, "steps_per_eval": 10,
+        "steps_per_report": 5, "save_every": 10, "num_layers": 2,
+        "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
+    })
+    config = tmp_path / "config.yaml"
+    C.save_yaml(cfg, config)
+    tmux = Tmux(f"farense-e2e-{os.getpid()}")
+    tmux.start([str(APP)], tmp_path, {
+        "FARENSE_TUI_CONFIG": str(config), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
+        "TERM": "xterm-256color", "COLORTERM": "truecolor",
+    })
+    try:
+        tmux.wait(lambda s: "Run preflight" in s and "Preflight" in s, "the first frame")
+        for key, marker in (("F2", "Effective batch size"), ("F3", "Runs in the checkpoints folder"),
+                            ("F4", "Open a run:"), ("F5", "Sampler"), ("F1", "Run preflight (r)"),
+                            ("F3", "Start (s)")):
+            tmux.keys(key)
+            tmux.wait(lambda s, m=marker: m in s, f"{key} to show {marker!r}")
+
+        tmux.keys("s")
+        first = tmux.wait(lambda s: progress(s) > 0 or "exited unexpectedly" in s or "error:" in s,
+                          "the first update", timeout=240)
+        assert progress(first) > 0, f"training did not start; the screen:\n{first}"
+        tmux.wait(lambda s: progress(s) > progress(first), "the progress to move", timeout=240)
+
+        tmux.keys("C-q")
+        deadline = time.monotonic() + 60
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tmux.alive(), "ctrl+q did not quit the app"
+    finally:
+        tmux.kill()
+    assert list((tmp_path / "checkpoints").glob("run-*/events.jsonl")), "the run folder has no events.jsonl"
