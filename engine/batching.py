@@ -13,7 +13,12 @@ import math
 
 import numpy as np
 
-PAD_MULTIPLE = 8
+# Batch widths are rounded up to a multiple: each new (batch, width) shape costs a trace of the
+# compiled step (and on a GPU new kernels), while every padded position costs compute. A CPU is
+# compute-bound: round finely. A GPU runs small batches latency-bound: fewer shapes win, as in mlx-lm.
+PAD_MULTIPLE_CPU = 8
+PAD_MULTIPLE_GPU = 32
+PAD_MULTIPLE = PAD_MULTIPLE_CPU
 
 
 def bucket_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -30,17 +35,18 @@ def epoch_order(n_batches: int, seed: int, epoch: int, stream: int = TRAIN_STREA
     return rng.permutation(n_batches).tolist()
 
 
-def padded_length(longest: int, max_seq_length: int) -> int:
-    return min(PAD_MULTIPLE * math.ceil(longest / PAD_MULTIPLE), max_seq_length)
+def padded_length(longest: int, max_seq_length: int, multiple: int = PAD_MULTIPLE) -> int:
+    return min(multiple * math.ceil(longest / multiple), max_seq_length)
 
 
-def padding_efficiency(lengths: list[int], batches: list[list[int]], max_seq_length: int) -> float:
+def padding_efficiency(lengths: list[int], batches: list[list[int]], max_seq_length: int,
+                       multiple: int = PAD_MULTIPLE) -> float:
     """Share of the positions computed that hold real tokens."""
     real = padded = 0
     for b in batches:
         ls = [min(lengths[i], max_seq_length) for i in b]
         real += sum(ls)
-        padded += len(ls) * padded_length(max(ls), max_seq_length)
+        padded += len(ls) * padded_length(max(ls), max_seq_length, multiple)
     return real / padded if padded else 0.0
 
 

@@ -39,7 +39,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--fuse", action="store_true", help="write a standalone model with the adapter fused in")
     parser.add_argument("--dequantize", action="store_true",
                         help="with --fuse: write float weights (exact, larger) instead of re-quantizing like the base")
-    parser.add_argument("--model", help="the base model (default: the 'model' of the run's config.yaml)")
+    parser.add_argument("--model", help="the base model (default: the 'model' of the run's config.yaml, "
+                                          "else of its adapter_config.json)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser.parse_args(argv)
 
@@ -183,9 +184,10 @@ def export(run: str, out: str, *, fuse: bool = False, dequantize: bool = False,
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it.")
     if out_dir == run_dir.absolute() or out_dir in adapter.parents or out_dir == adapter:
         raise ExportError(f"--out {out} would replace the run's own files; choose a folder outside the run.")
-    base = model or run_base_model(run_dir)
+    base = model or run_base_model(run_dir) or json.loads((adapter / "adapter_config.json").read_text()).get("model")
     if fuse and not base:
-        raise ExportError(f"{run} has no config.yaml naming its base model; pass --model to fuse.")
+        raise ExportError(f"{run} names no base model (no 'model' in config.yaml or adapter_config.json); "
+                          "pass --model to fuse.")
     if base:
         try:
             base = resolve_model(base)  # "default" becomes the folder other tools can load

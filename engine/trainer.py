@@ -176,10 +176,14 @@ class _Namespace:
         self.__dict__.update(kw)
 
 
-def make_batch(data: Tokenized, indices: list[int], max_seq_length: int):
+def pad_multiple() -> int:
+    return batching.PAD_MULTIPLE_CPU if mx.default_device().type == mx.cpu else batching.PAD_MULTIPLE_GPU
+
+
+def make_batch(data: Tokenized, indices: list[int], max_seq_length: int, multiple: int = batching.PAD_MULTIPLE):
     """Inputs, targets and the loss mask of one micro-batch (right padding)."""
     lens = [min(len(data.tokens[i]), max_seq_length) for i in indices]
-    width = batching.padded_length(max(lens), max_seq_length)
+    width = batching.padded_length(max(lens), max_seq_length, multiple)
     arr = np.zeros((len(indices), width), np.int32)
     mask = np.zeros((len(indices), width - 1), np.float32)
     for row, (i, n) in enumerate(zip(indices, lens)):
@@ -388,6 +392,7 @@ class Run:
             if empty:
                 self.ctx.warn(f"{empty} training examples have no answer tokens left after truncation at "
                               f"max_seq_length {cfg['max_seq_length']}; raise max_seq_length.")
+        self.pad_multiple = pad_multiple()
         self.batches = batching.bucket_batches(self.train.lengths, cfg["batch_size"])
         self.valid_batches = batching.bucket_batches(self.valid.lengths, cfg["batch_size"])
         self.updates_per_epoch = batching.updates_per_epoch(len(self.batches), cfg["grad_accumulation_steps"])
@@ -404,7 +409,8 @@ class Run:
             train_tokens=length_stats(self.train.lengths), valid_tokens=length_stats(self.valid.lengths),
             truncated=truncated, batches_per_epoch=len(self.batches), updates_per_epoch=self.updates_per_epoch,
             total_updates=self.total_updates,
-            padding_efficiency=round(batching.padding_efficiency(self.train.lengths, self.batches, cfg["max_seq_length"]), 4),
+            padding_efficiency=round(batching.padding_efficiency(
+                self.train.lengths, self.batches, cfg["max_seq_length"], self.pad_multiple), 4),
         ))
 
         self.optimizer = make_optimizer(cfg)
@@ -539,7 +545,8 @@ class Run:
         total = mx.array(0.0)
         ntoks = mx.array(0.0)
         for b in order:
-            inputs, targets, mask = make_batch(self.valid, self.valid_batches[b], self.cfg["max_seq_length"])
+            inputs, targets, mask = make_batch(self.valid, self.valid_batches[b], self.cfg["max_seq_length"],
+                                               self.pad_multiple)
             loss, n = summed_loss(self.model, inputs, targets, mask)
             total = total + loss
             ntoks = ntoks + n
@@ -645,7 +652,7 @@ class Run:
             for n_micro in range(accum):
                 _, b, idx = next(stream)
                 last = n_micro + 1 == accum or b + 1 == len(self.batches)
-                inputs, targets, mask = make_batch(self.train, idx, cfg["max_seq_length"])
+                inputs, targets, mask = make_batch(self.train, idx, cfg["max_seq_length"], self.pad_multiple)
                 loss_sum, ntoks, grads = self.step(inputs, targets, mask, loss_sum, ntoks, grads, last)
                 self.pos.batch = b + 1
                 if last:

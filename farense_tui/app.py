@@ -193,11 +193,18 @@ class FarenseApp(App):
         self.monitor_tab.query_one("#run-path").focus()
 
     async def action_quit(self) -> None:
-        running = [link for link in self.links.values() if link.running]
-        if running:
+        if any(link.running for link in self.links.values()):
             self.notify("Shutting the engine down (a running training saves a checkpoint)…")
-            await asyncio.gather(*(asyncio.to_thread(link.close) for link in running))
+        await self._close_engines()
         self.exit()
+
+    async def on_unmount(self) -> None:
+        # however the app ends, its engine readers must end too (their threads would hold up the exit)
+        await self._close_engines()
+
+    async def _close_engines(self) -> None:
+        running = [link for link in self.links.values() if link.running]
+        await asyncio.gather(*(asyncio.to_thread(link.close) for link in running))
 
 
 def make_app(*, engine_factory: EngineFactory = start_engine_process, config_path: str | Path | None = None,

@@ -184,3 +184,12 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
     assert "does not exist" in done.stderr
+
+
+def test_the_adapter_config_names_the_base_when_the_run_does_not(tiny_model, tmp_path):
+    run = make_run(tiny_model, tmp_path / "run")
+    (run / "config.yaml").unlink()
+    config_path = run / "adapters" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model": str(tiny_model)}))
+    out = export(str(run), str(tmp_path / "fused"), fuse=True)
+    assert mx.allclose(logits_of(out), logits_of(tiny_model, run / "adapters"), atol=1e-4, rtol=1e-4)
