@@ -55,7 +55,8 @@ from . import protocol as P
 from .batching import padded_length
 from .datatools import CheckResult, check_file, length_stats
 from .models import default_model_installed, default_model_path, resolve_model
-from .server import Context, handles, loaded_blas
+from .blas import loaded_blas
+from .server import Context, handles
 from .trainer import (
     TrainingError, apply_fine_tune_type, load_model, make_optimizer, quantization_of, set_base_dtype, summed_loss,
     tokenize,
@@ -248,7 +249,7 @@ def openblas_library() -> Optional[str]:
     """Debian's OpenBLAS if installed (the path the launcher preloads); Linux only."""
     if not sys.platform.startswith("linux"):
         return None
-    from farense_tui.engine_client import openblas_path  # stdlib-only module: the launcher's own rule
+    from .blas import openblas_path
 
     return openblas_path()
 

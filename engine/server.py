@@ -16,11 +16,11 @@ import signal
 import sys
 import threading
 import traceback
-from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 from . import __version__
 from . import protocol as P
+from .blas import loaded_blas
 
 
 class Context:
@@ -107,26 +107,6 @@ def describe_device() -> tuple[str, str, str]:
     else:
         name = "cpu"
     return name, mx.__version__, lm_version
-
-
-def loaded_blas() -> str:
-    """Which BLAS serves MLX: accelerate (macOS), openblas (a system OpenBLAS mapped into the
-    process, e.g. through LD_PRELOAD) or reference (the wheel's bundled reference BLAS).
-    NumPy's own bundled OpenBLAS (scipy_openblas) does not serve MLX and is not counted."""
-    if sys.platform == "darwin":
-        return "accelerate"
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return "unknown"
-    for line in maps.splitlines():
-        path = line.split()[-1] if line.split() else ""
-        name = os.path.basename(path)
-        if "scipy_openblas" in name or "numpy" in path:
-            continue
-        if "openblas" in path:
-            return "openblas"
-    return "reference"
 
 
 def _reader(ctx: Context, stdin: TextIO) -> None:

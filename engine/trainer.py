@@ -204,9 +204,6 @@ def summed_loss(model, inputs, targets, mask):
 # ------------------------------------------------------------------- model
 
 
-resolve_model_name = resolve_model  # TODO(lead): remove once preflight imports engine.models.resolve_model
-
-
 def load_model(name: str):
     from mlx_lm.utils import load
 

@@ -14,20 +14,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from engine import protocol as P
-
-DEBIAN_OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-
-
-def openblas_path() -> Optional[str]:
-    """Debian's OpenBLAS, if installed (Linux only). MLX's Linux wheel links a reference BLAS that
-    runs float32 matmuls ~40x slower; loading OpenBLAS first makes MLX use it instead."""
-    if not sys.platform.startswith("linux"):
-        return None
-    override = os.environ.get("FARENSE_OPENBLAS")
-    if override is not None:
-        return override if override and Path(override).exists() else None
-    return DEBIAN_OPENBLAS if Path(DEBIAN_OPENBLAS).exists() else None
-
+from engine.blas import openblas_path
 
 def engine_env(base: Optional[dict] = None) -> dict:
     env = dict(os.environ if base is None else base)

@@ -136,17 +136,18 @@ def test_prints_from_libraries_never_reach_the_protocol_stream():
 
 
 def test_launcher_preloads_openblas_when_installed(tmp_path, monkeypatch):
+    from engine import blas
     from farense_tui import engine_client
 
     fake = tmp_path / "libblas.so.3"
     fake.write_bytes(b"")
-    monkeypatch.setattr(engine_client.sys, "platform", "linux")
+    monkeypatch.setattr(blas.sys, "platform", "linux")
     monkeypatch.setenv("FARENSE_OPENBLAS", str(fake))
     env = engine_client.engine_env({"LD_PRELOAD": "/other.so"})
     assert env["LD_PRELOAD"].split(":") == [str(fake), "/other.so"]
     monkeypatch.setenv("FARENSE_OPENBLAS", str(tmp_path / "missing.so"))
     assert "LD_PRELOAD" not in engine_client.engine_env({})
-    monkeypatch.setattr(engine_client.sys, "platform", "darwin")
+    monkeypatch.setattr(blas.sys, "platform", "darwin")
     monkeypatch.delenv("FARENSE_OPENBLAS")
     assert "LD_PRELOAD" not in engine_client.engine_env({})
 
@@ -154,7 +155,8 @@ def test_launcher_preloads_openblas_when_installed(tmp_path, monkeypatch):
 def test_engine_reports_openblas_when_debian_openblas_is_installed():
     import pytest
 
-    from farense_tui.engine_client import DEBIAN_OPENBLAS, EngineProcess
+    from engine.blas import DEBIAN_OPENBLAS
+    from farense_tui.engine_client import EngineProcess
 
     if not os.path.exists(DEBIAN_OPENBLAS) or not sys.platform.startswith("linux"):
         pytest.skip("Debian's libopenblas0-pthread is not installed")

@@ -1,7 +1,6 @@
 """The training engine on a tiny llama built in code."""
 
 import json
-import math
 import os
 import subprocess
 import sys
