@@ -208,7 +208,10 @@ def table(rows: list[tuple]) -> str:
     header = ("setting", "measure", "mlx_lm stream_generate", "ours (ChatSession)", "ratio")
     all_rows = [header] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+
+    def line(cells) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(all_rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
                      + [line(r) for r in all_rows[1:]])
 
@@ -262,9 +265,9 @@ def main() -> int:
             rows.append((name, "tokens generated", f"{ref['tokens']:.0f}", f"{ours['tokens']:.0f}", ""))
             if engine:
                 e = med["engine"]
-                rows.append((name, "engine process: tokens/s | TTFT (ms)", "",
-                             f"{e['tps']:.2f} | {e['ttft'] * 1e3:.1f}",
-                             f"{e['tps'] / ref['tps']:.3f}x | {e['ttft'] / ref['ttft']:.3f}x"))
+                rows.append((name, "engine process: tokens/s; TTFT (ms)", "",
+                             f"{e['tps']:.2f}; {e['ttft'] * 1e3:.1f}",
+                             f"{e['tps'] / ref['tps']:.3f}x; {e['ttft'] / ref['ttft']:.3f}x"))
     finally:
         if engine:
             engine.close()
@@ -274,7 +277,8 @@ def main() -> int:
         f"Machine: {machine()}",
         f"Date: {when}",
         f"Model: {model_desc}",
-        f"Prompt: {len(PROMPT)} characters through the chat template; max tokens {args.max_tokens}; "
+        f"Prompt: {len(PROMPT)} characters, {len(session.encode([{'role': 'user', 'content': PROMPT}]))} tokens "
+        f"through the chat template; max tokens {args.max_tokens}; "
         f"{args.repeats} alternating repeats after a warm-up, medians.",
         "",
         table(rows),
@@ -285,8 +289,10 @@ def main() -> int:
             "# Chat speed: farense-tui's chat against mlx-lm\n\n"
             "Measured by `bench/bench_chat.py` (target: generation tokens/s at least 0.97x mlx-lm's "
             "`stream_generate`, time to first token within 5%; ratio = ours / mlx-lm).\n\n"
-            + report.replace("\n", "  \n", 4) + "\n\nRaw runs (tokens/s, seconds to first token):\n\n```json\n"
-            + json.dumps(raw, indent=1) + "\n```\n", encoding="utf-8")
+            + report.replace("\n", "  \n", 4) + "\n\nRaw runs (tokens/s, seconds to first token, tokens), in run order:\n\n```\n"
+            + "\n".join(f"{name} {side}: " + json.dumps({k: [round(x, 3) for x in v] for k, v in r.items()})
+                        for name, sides in raw.items() for side, r in sides.items())
+            + "\n```\n", encoding="utf-8")
     return 0
 
 

@@ -99,25 +99,13 @@ class Reply:
 
 
 def resolve_model(name: Optional[str]) -> str:
-    """A model folder for ``name``: an existing folder as is, ``None``/"default" the embedded
-    default (``engine.models``); anything else is left for mlx-lm (a Hugging Face id)."""
-    if name and name != "default":
-        path = Path(name).expanduser()
-        if path.exists():
-            if not (path / "config.json").is_file():
-                raise ChatError(f"{name} has no config.json, so it is not an MLX model folder; "
-                                "give a folder written by mlx_lm.convert or 'farense-tui model'.")
-            return str(path.resolve())
-        if name.startswith(("/", ".", "~")) or name.count("/") != 1:
-            raise ChatError(f"The model folder {name} does not exist; give an MLX model folder "
-                            "or a Hugging Face model id.")
-        return name
-    from .models import default_model_installed, default_model_path
+    """The model folder (or Hugging Face id) for ``name``, checked by ``engine.models.locate_model``."""
+    from .models import ModelNotFoundError, locate_model
 
-    if not default_model_installed():
-        raise ChatError("The default model is not installed yet; run 'farense-tui model default' "
-                        "or pass --model with an MLX model folder.")
-    return str(default_model_path())
+    try:
+        return locate_model(name)
+    except ModelNotFoundError as e:
+        raise ChatError(str(e)) from None
 
 
 def adapter_folder(path: str) -> Path:

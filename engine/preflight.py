@@ -48,7 +48,7 @@ from typing import Callable, Iterable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 import psutil
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten
 
 from . import config as C
 from . import protocol as P
@@ -58,7 +58,7 @@ from .models import default_model_installed, default_model_path, resolve_model
 from .blas import loaded_blas
 from .server import Context, handles
 from .trainer import (
-    TrainingError, apply_fine_tune_type, load_model, make_optimizer, quantization_of, set_base_dtype, summed_loss,
+    TrainingError, apply_fine_tune_type, compiled_step, load_model, make_optimizer, quantization_of, set_base_dtype,
     tokenize,
 )
 
@@ -1114,14 +1114,12 @@ class ProbeRunner:
         self.model, self.vocab = model, vocab
         self.min_seconds, self.max_steps = min_seconds, max_steps
         self.optimizer = make_optimizer(cfg)
-        self.value_and_grad = nn.value_and_grad(model, summed_loss)
+        self.step = compiled_step(model, self.optimizer)  # exactly the trainer's update
         model.train()
 
     def _update(self, inputs, targets, mask) -> None:
-        (loss, ntoks), grads = self.value_and_grad(self.model, inputs, targets, mask)
-        grads = tree_map(lambda g: g / ntoks, grads)
-        self.optimizer.update(self.model, grads)
-        mx.eval(self.model.parameters(), self.optimizer.state, loss)
+        loss, ntoks, _ = self.step(inputs, targets, mask, None, None, None, True)
+        mx.eval(self.model.state, self.optimizer.state, loss, ntoks)
 
     def __call__(self, batch: int, seq: int) -> tuple[int, float, float]:
         mx.clear_cache()

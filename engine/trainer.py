@@ -36,7 +36,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from . import batching
 from . import config as C
 from . import protocol as P
-from .models import default_model_installed, resolve_model
+from .models import ModelNotFoundError, locate_model, resolve_model
 from .schedule import learning_rate_at
 from .server import Context, handles
 
@@ -194,6 +194,30 @@ def make_batch(data: Tokenized, indices: list[int], max_seq_length: int, multipl
     return mx.array(arr[:, :-1]), mx.array(arr[:, 1:]), mx.array(mask)
 
 
+def compiled_step(model, optimizer, value_and_grad=None):
+    """One compiled function over the model, optimizer and RNG state, as mlx-lm does (fused kernels,
+    fewer temporaries): a micro-batch's gradient added to the update's running sum and, on the update's
+    last micro-batch (``do_update``), the optimizer step with the token-weighted mean.
+
+    ``step(inputs, targets, mask, loss_sum, ntoks, grads, do_update) -> (loss_sum, ntoks, grads)``
+    """
+    value_and_grad = value_and_grad or nn.value_and_grad(model, summed_loss)
+    optimizer.init(model.trainable_parameters())
+    state = [model.state, optimizer.state, mx.random.state]
+
+    def step(inputs, targets, mask, loss_sum, ntoks, grads, do_update):
+        (loss, n), g = value_and_grad(model, inputs, targets, mask)
+        if grads is not None:  # the first micro-batch of an update is its own trace
+            g = tree_map(mx.add, grads, g)
+            loss, n = loss + loss_sum, n + ntoks
+        if do_update:
+            optimizer.update(model, tree_map(lambda x: x / n, g))
+            g = None
+        return loss, n, g
+
+    return mx.compile(step, inputs=state, outputs=state)
+
+
 def summed_loss(model, inputs, targets, mask):
     """Sum of per-token cross-entropy over the mask, and the number of tokens."""
     logits = model(inputs)
@@ -205,29 +229,20 @@ def summed_loss(model, inputs, targets, mask):
 
 
 def load_model(name: str):
+    """mlx-lm's loader, with one sentence for a model that is not there."""
     from mlx_lm.utils import load
 
-    path = Path(name)
-    from .models import default_model_path
-
-    if path == default_model_path() and not default_model_installed():
-        raise TrainingError("The default model is not installed yet; run 'farense-tui model default' (or 'make run').")
-    if not path.exists() and (name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hf_id(name)):
-        raise TrainingError(f"The model folder {name} does not exist; run 'farense-tui model default' or fix the model path.")
     try:
-        return load(name)
-    except FileNotFoundError as e:
-        raise TrainingError(f"The model {name} could not be found ({e}); name a local MLX model folder or a Hugging Face id.") from None
+        path = locate_model(name)
+    except ModelNotFoundError as e:
+        raise TrainingError(str(e)) from None
+    try:
+        return load(path)
     except Exception as e:  # noqa: BLE001 - hub errors, bad configs
-        if not path.exists():
-            raise TrainingError(f"The model {name} is not a local folder and could not be fetched ({type(e).__name__}); "
-                                f"use a local MLX model folder or run 'farense-tui model default'.") from None
+        if not Path(path).exists():
+            raise TrainingError(f"The model {name} is not a local folder and could not be fetched from the "
+                                f"Hugging Face hub ({type(e).__name__}); use a local MLX model folder or default.") from None
         raise
-
-
-def _looks_like_hf_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 def quantization_of(model) -> Optional[dict]:
@@ -606,25 +621,8 @@ class Run:
         return None
 
     def compile_steps(self) -> None:
-        """One compiled function over the model, optimizer and RNG state, as mlx-lm does (fused
-        kernels, fewer temporaries): a micro-batch's gradient added to the update's running sum and,
-        on the update's last micro-batch, the optimizer step with the token-weighted mean. Built
-        after a resume, which replaces the optimizer state the compiled closure captures."""
-        self.optimizer.init(self.model.trainable_parameters())
-        state = [self.model.state, self.optimizer.state, mx.random.state]
-        value_and_grad = self.value_and_grad
-
-        def step(inputs, targets, mask, loss_sum, ntoks, grads, do_update):
-            (loss, n), g = value_and_grad(self.model, inputs, targets, mask)
-            if grads is not None:  # the first micro-batch of an update is its own trace
-                g = tree_map(mx.add, grads, g)
-                loss, n = loss + loss_sum, n + ntoks
-            if do_update:
-                self.optimizer.update(self.model, tree_map(lambda x: x / n, g))
-                g = None
-            return loss, n, g
-
-        self.step = mx.compile(step, inputs=state, outputs=state)
+        """Built after a resume, which replaces the optimizer state the compiled closure captures."""
+        self.step = compiled_step(self.model, self.optimizer, self.value_and_grad)
 
     def loop(self) -> str:
         self.compile_steps()

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -19,6 +19,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent
+from textual.worker import Worker, WorkerState
 
 from .engine_worker import EngineFactory, EngineLink, start_engine_process
 from .messages import OpenRun, RecommendedConfig, TrainingStarted
@@ -30,7 +31,6 @@ from .tabs.preflight import PreflightTab
 from .tabs.train import TrainTab
 from .widgets.help_screen import HelpScreen
 
-TABS = ("preflight", "config", "train", "monitor", "chat")
 TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
 
 
@@ -39,7 +39,7 @@ class AppOptions:
     engine_factory: EngineFactory = start_engine_process
     config_path: Optional[Path] = None  # a YAML config loaded into the Config tab at start
     checkpoints_dir: Path = Path("checkpoints")
-    clock: Callable[[], _dt.datetime] = field(default=_dt.datetime.now)  # names new run folders
+    clock: Callable[[], _dt.datetime] = _dt.datetime.now  # names new run folders
     theme: str = "textual-dark"
 
 
@@ -73,10 +73,11 @@ class FarenseApp(App):
         with TabbedContent(initial="preflight"):
             for tab_class in TAB_CLASSES:
                 yield tab_class()
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.theme = self.options.theme
+        self.action_show_tab("preflight")  # focus in the first tab, so its keys work from the start
 
     # -- the tabs
 
@@ -114,6 +115,13 @@ class FarenseApp(App):
             self.chat_tab.refresh_choices()
         elif event.pane.id == "train":
             self.train_tab.refresh_runs()
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        # workers catch what they expect; anything else is a bug, shown rather than lost
+        if event.state == WorkerState.ERROR:
+            what = event.worker.description or event.worker.name
+            self.notify(f"{what} failed: {event.worker.error}", title="Error", severity="error", timeout=30)
 
     # -- messages between tabs
 

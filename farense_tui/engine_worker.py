@@ -43,10 +43,12 @@ JOB_ENDS = (P.Done, P.PreflightDone)
 
 
 class _Session:
-    """One started engine and what its reader folds; a new start never mixes with an old one."""
+    """One started engine, where its messages go and what its reader folds; a new start never
+    mixes with an old one."""
 
-    def __init__(self, engine: Engine, history: Optional[RunHistory]):
+    def __init__(self, engine: Engine, targets: list[MessagePump], history: Optional[RunHistory]):
         self.engine = engine
+        self.targets = targets
         self.history = history
         self.closing = False
         self.replies: dict[str, str] = {}
@@ -68,13 +70,10 @@ class EngineLink:
     def running(self) -> bool:
         return self._session is not None
 
-    @property
-    def history(self) -> Optional[RunHistory]:
-        return self._session.history if self._session else None
-
     def start(self, history: Optional[RunHistory] = None) -> None:
         """Start the engine (raises OSError if it cannot be started) and read it on a thread."""
-        session = _Session(self.factory(self.role), history)
+        # the targets are looked up here, on the UI thread; the reader only posts to them
+        session = _Session(self.factory(self.role), list(self.targets()), history)
         self._session = session
         self.app.run_worker(
             lambda: self._read(session), thread=True, group=f"engine-{self.role}",
@@ -101,8 +100,9 @@ class EngineLink:
 
     # -- the worker thread
 
-    def _post(self, make: Callable[[], object]) -> None:
-        for target in self.targets():
+    @staticmethod
+    def _post(session: _Session, make: Callable[[], object]) -> None:
+        for target in session.targets:
             target.post_message(make())
 
     def _read(self, session: _Session) -> None:
@@ -125,25 +125,25 @@ class EngineLink:
         report = None if session.closing else (failure or engine.crash_report())
         if self._session is session:  # a newer start has its own reader to report on
             self._session = None
-            self._post(lambda: EngineExited(self.role, report))
+            self._post(session, lambda: EngineExited(self.role, report))
 
     def _dispatch(self, session: _Session, event: P.Record) -> None:
         role, history = self.role, session.history
         if history is not None:
             history.apply(event)
         if isinstance(event, P.Step):
-            self._post(lambda: TrainingProgress(role, event))
+            self._post(session, lambda: TrainingProgress(role, event))
             every = (history.config.get("steps_per_report") if history else None) or 10
             if event.step % int(every) == 0 or event.step == event.total_steps:
-                self._post(lambda: EngineEvent(role, event))  # the event log's report lines
+                self._post(session, lambda: EngineEvent(role, event))  # the event log's report lines
         elif isinstance(event, P.MemoryEvent):
             if event.action:  # a plain report only feeds the history the Monitor draws from
-                self._post(lambda: EngineEvent(role, event))
+                self._post(session, lambda: EngineEvent(role, event))
         elif isinstance(event, P.Token):
             text = session.replies.get(event.id, "") + event.text
             session.replies[event.id] = text
-            self._post(lambda: ReplyProgress(role, event.id, text))
+            self._post(session, lambda: ReplyProgress(role, event.id, text))
         else:
             if isinstance(event, P.ReplyDone):
                 session.replies.pop(event.id, None)
-            self._post(lambda: EngineEvent(role, event))
+            self._post(session, lambda: EngineEvent(role, event))

@@ -14,14 +14,15 @@ from .runs import RunHistory
 
 
 class EngineMessage(Message, bubble=False):
-    """Base of what the engine worker posts; ``role`` names the engine (train, preflight, chat)."""
+    """Base of what the engine worker posts to the tabs that follow an engine (they do not bubble:
+    Textual resets ``bubble`` for each subclass, so each says so); ``role`` names the engine."""
 
     def __init__(self, role: str) -> None:
         super().__init__()
         self.role = role
 
 
-class EngineEvent(EngineMessage):
+class EngineEvent(EngineMessage, bubble=False):
     """Every event that is not high-rate, in order."""
 
     def __init__(self, role: str, event: P.Record) -> None:
@@ -29,7 +30,7 @@ class EngineEvent(EngineMessage):
         self.event = event
 
 
-class TrainingProgress(EngineMessage):
+class TrainingProgress(EngineMessage, bubble=False):
     """The latest finished update (replaceable: the run's history keeps every step)."""
 
     def __init__(self, role: str, step: P.Step) -> None:
@@ -40,7 +41,7 @@ class TrainingProgress(EngineMessage):
         return isinstance(message, TrainingProgress) and message.role == self.role
 
 
-class ReplyProgress(EngineMessage):
+class ReplyProgress(EngineMessage, bubble=False):
     """The reply so far (replaceable by a later one of the same reply)."""
 
     def __init__(self, role: str, reply_id: str, text: str) -> None:
@@ -52,7 +53,7 @@ class ReplyProgress(EngineMessage):
         return isinstance(message, ReplyProgress) and message.reply_id == self.reply_id
 
 
-class EngineExited(EngineMessage):
+class EngineExited(EngineMessage, bubble=False):
     """The engine's event stream ended. ``report`` is set when it died unexpectedly."""
 
     def __init__(self, role: str, report: Optional[str] = None) -> None:

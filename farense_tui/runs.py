@@ -18,6 +18,7 @@ from engine import protocol as P
 
 GB = 1024**3
 SERIES_CAPACITY = 4096  # points kept per series; a longer run is thinned, keeping extremes
+RESUMABLE_CHECKPOINTS = ("periodic", "epoch_end", "stop", "memory_guard")  # not best/final: adapters only
 SERIES = ("loss", "val_loss", "learning_rate", "tokens_per_second", "mlx_active", "mlx_peak", "rss")
 
 
@@ -265,7 +266,7 @@ def summarize_run(path: Path) -> RunInfo:
             info.step, info.total_steps = e.step, e.total_steps
         elif isinstance(e, P.Eval):
             info.best_val_loss = e.best_val_loss
-        elif isinstance(e, P.Checkpoint):
+        elif isinstance(e, P.Checkpoint) and e.reason in RESUMABLE_CHECKPOINTS:
             info.last_checkpoint = e.path
         elif isinstance(e, P.Done):
             info.status = e.status

@@ -12,33 +12,9 @@ mx = pytest.importorskip("mlx.core")
 
 from engine import protocol as P  # noqa: E402
 from engine.chat import ChatError, ChatSession, ReplySettings  # noqa: E402
+from tiny_model import make_adapter  # noqa: E402
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
-
-
-def make_adapter(model_path, out, *, num_layers=2, rank=4, keys=None, seed=1) -> Path:
-    """An mlx-lm adapter folder (the layout our trainer writes) with random non-zero weights."""
-    import mlx_lm
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, _ = mlx_lm.load(str(model_path))
-    model.freeze()
-    lora = {"rank": rank, "scale": 10.0, "dropout": 0.0}
-    if keys:
-        lora["keys"] = keys
-    linear_to_lora_layers(model, num_layers, lora)
-    mx.random.seed(seed)
-    weights = {
-        name: (mx.random.normal(w.shape) * 0.05 if name.endswith("lora_b") else w)
-        for name, w in tree_flatten(model.trainable_parameters())
-    }
-    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
-    config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": lora}
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
 
 
 def logits(model, tokens) -> mx.array:

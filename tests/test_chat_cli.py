@@ -28,7 +28,7 @@ def expected_reply(model, message, adapter=None, **settings) -> str:
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model, tmp_path_factory):
-    from test_chat import make_adapter
+    from tiny_model import make_adapter
 
     return make_adapter(tiny_model, tmp_path_factory.mktemp("cli") / "adapter", num_layers=4, seed=5)
 
@@ -71,6 +71,17 @@ def test_missing_model_is_one_sentence_and_exit_1(tmp_path):
     err = done.stderr.strip()
     assert "does not exist" in err and "\n" not in err and "Traceback" not in err
     assert done.stdout == ""
+
+
+@pytest.mark.slow
+def test_an_engine_error_is_one_sentence_and_a_conversation_goes_on(tiny_model):
+    done = chat_cli("--model", tiny_model, "--prompt", "Olá", "--temp", "-1")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "farense-tui chat: temperature is -1.0, but it must be 0 (greedy) or more."
+
+    done = chat_cli("--model", tiny_model, "--temp", "-1", stdin="Olá\nOutra\n")
+    assert done.returncode == 0
+    assert done.stderr.count("temperature is -1.0") == 2
 
 
 def test_compare_needs_an_adapter():

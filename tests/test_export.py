@@ -15,7 +15,7 @@ mx = pytest.importorskip("mlx.core")
 
 from engine.export import export, main  # noqa: E402
 from farense_tui.engine_client import engine_env  # noqa: E402
-from test_chat import make_adapter  # noqa: E402
+from tiny_model import make_adapter  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Quando foi fundado o Farense?"}]
 

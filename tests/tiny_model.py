@@ -114,3 +114,29 @@ def write_chat_data(folder: Path, n_train: int = 24, n_valid: int = 8, seed: int
             for _ in range(n):
                 f.write(json.dumps(sample(), ensure_ascii=False) + "\n")
     return folder
+
+
+def make_adapter(model_path, out, *, num_layers=2, rank=4, keys=None, seed=1) -> Path:
+    """An mlx-lm adapter folder (the layout our trainer writes) with random non-zero weights."""
+    import mlx.core as mx
+    import mlx_lm
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = mlx_lm.load(str(model_path))
+    model.freeze()
+    lora = {"rank": rank, "scale": 10.0, "dropout": 0.0}
+    if keys:
+        lora["keys"] = keys
+    linear_to_lora_layers(model, num_layers, lora)
+    mx.random.seed(seed)
+    weights = {
+        name: (mx.random.normal(w.shape) * 0.05 if name.endswith("lora_b") else w)
+        for name, w in tree_flatten(model.trainable_parameters())
+    }
+    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
+    config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": lora}
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out

@@ -30,6 +30,10 @@ class ChatFailed(Exception):
     """The engine reported an error (one sentence) or went away."""
 
 
+class EngineGone(ChatFailed):
+    """The engine process ended: nothing more can be asked of it."""
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     d = P.Chat(id="", message="")  # the protocol's defaults, shown in --help
     parser = argparse.ArgumentParser(
@@ -82,7 +86,7 @@ class EngineChat:
                 on_event(event)
             if event.type in kinds:
                 return event
-        raise ChatFailed(self.engine.crash_report())
+        raise EngineGone(self.engine.crash_report())
 
     def load(self, model: str, adapter: Optional[str]) -> P.ChatLoaded:
         self.engine.send(P.ChatLoad(model=model, adapter=adapter))
@@ -209,10 +213,15 @@ def converse(chat: EngineChat, term: Terminal, args: argparse.Namespace, setting
             if interactive:
                 print("(history cleared)", file=sys.stderr)
             continue
-        if args.compare:
-            compare(chat, term, line, settings, args.adapter)
-        else:
-            answer(chat, term, line, settings)
+        try:
+            if args.compare:
+                compare(chat, term, line, settings, args.adapter)
+            else:
+                answer(chat, term, line, settings)
+        except EngineGone:
+            raise
+        except ChatFailed as e:  # this message failed; the conversation goes on
+            print(f"farense-tui chat: {e}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,7 +10,7 @@ from typing import Optional
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TabPane
 
 from engine import protocol as P
@@ -46,7 +46,7 @@ class ChatTab(TabPane):
         Binding("ctrl+l", "load", "Load model"),
         Binding("escape", "stop_reply", "Stop reply"),
         Binding("ctrl+t", "toggle_compare", "Compare"),
-        Binding("ctrl+n", "new_conversation", "New chat"),
+        Binding("ctrl+n", "new_conversation", "New chat", show=False),  # its button says so
     ]
 
     DEFAULT_CSS = """
@@ -57,9 +57,11 @@ class ChatTab(TabPane):
     ChatTab #chat-top Button { margin: 1 0 0 1; }
     ChatTab #chat-status { height: auto; padding: 0 1; color: $text-muted; }
     ChatTab #chat-status.-error { color: $error; }
-    ChatTab #sampler { width: 30; padding-left: 1; }
-    ChatTab #sampler Input { width: 100%; }
-    ChatTab #sampler Label { padding-top: 0; }
+    ChatTab #sampler { width: 32; padding-left: 1; }
+    ChatTab #sampler-grid { grid-size: 2; grid-columns: 19 1fr; grid-rows: 1; grid-gutter: 1 0; height: auto; }
+    ChatTab #sampler-grid Input { background: $boost; }
+    ChatTab #sampler-grid Input:focus { background: $primary 40%; }
+    ChatTab #sampler Checkbox, ChatTab #sampler Button { width: 100%; margin-top: 1; }
     ChatTab #prompt { margin-top: 0; }
     ChatTab.-replying #prompt { border: tall $warning; }
     ChatTab .caption { text-style: bold; color: $accent; }
@@ -92,10 +94,11 @@ class ChatTab(TabPane):
                 yield Input(placeholder="Ask about SC Farense… (enter sends, escape stops the reply)", id="prompt")
             with Vertical(id="sampler"):
                 yield Label("Sampler", classes="caption")
-                for name, label, default, *_ in SAMPLER:
-                    yield Label(label)
-                    yield Input(default, id=f"sampler-{name}")
-                yield Checkbox("Compare base and adapter (ctrl+t)", id="compare")
+                with Grid(id="sampler-grid"):
+                    for name, label, default, *_ in SAMPLER:
+                        yield Label(label)
+                        yield Input(default, id=f"sampler-{name}", compact=True)
+                yield Checkbox("Compare (ctrl+t)", id="compare", tooltip="The base model and base + adapter, side by side")
                 yield Button("New conversation (ctrl+n)", id="new-chat")
 
     def on_mount(self) -> None:

@@ -70,12 +70,14 @@ class SettingField(Horizontal):
     to the validation message while the value is wrong."""
 
     DEFAULT_CSS = """
-    SettingField { height: auto; }
-    SettingField .name { width: 24; padding: 1 1 0 0; }
-    SettingField Input, SettingField Switch { width: 34; }
-    SettingField .note { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
+    SettingField { height: auto; margin-bottom: 1; }
+    SettingField .name { width: 24; }
+    SettingField Input { width: 28; background: $boost; }
+    SettingField Switch { width: 28; height: 1; border: none; padding: 0; }
+    SettingField Input:focus, SettingField Switch:focus { background: $primary 40%; }
+    SettingField .note { width: 1fr; padding-left: 2; color: $text-muted; }
     SettingField.-invalid .note { color: $error; }
-    SettingField.-invalid Input { border: tall $error; }
+    SettingField.-invalid Input { background: $error 30%; }
     """
 
     def __init__(self, setting: C.Setting, text: FieldText) -> None:
@@ -93,7 +95,7 @@ class SettingField(Horizontal):
             self.editor = Switch(value=self.text, id=f"setting-{s.key}")
         else:
             self.editor = Input(value=self.text, placeholder=format_value(s.default) or "not set",
-                                id=f"setting-{s.key}")
+                                id=f"setting-{s.key}", compact=True)
         yield self.editor
         self.note = Static(s.help, classes="note")
         yield self.note
@@ -127,8 +129,8 @@ class ConfigTab(TabPane):
 
     DEFAULT_CSS = """
     ConfigTab #settings { width: 1fr; }
-    ConfigTab .group { text-style: bold; color: $accent; padding: 1 0 0 0; }
-    ConfigTab #config-side { width: 44; padding: 0 1; border-left: vkey $panel-lighten-2; }
+    ConfigTab .group { text-style: bold; color: $accent; margin-bottom: 1; }
+    ConfigTab #config-side { width: 40; padding: 0 1; border-left: vkey $panel-lighten-2; }
     ConfigTab #config-side Label { padding: 1 0 0 0; }
     ConfigTab #config-side Horizontal { height: auto; }
     ConfigTab #config-side Button { min-width: 10; margin-right: 1; }
@@ -223,9 +225,7 @@ class ConfigTab(TabPane):
     def revalidate(self) -> None:
         self._revalidate_pending = False
         messages = {s.key: check_setting(s, self.texts[s.key]) for s in C.SETTINGS}
-        cfg, error = self._validate(require_model=False)
-        if error is None:
-            _, error = self._validate(require_model=True)
+        _, error = self._validate(require_model=True)
         status = self.query_one("#config-status", Static)
         status.update("The config is valid." if error is None else str(error))
         status.set_class(error is not None, "-invalid")
@@ -235,13 +235,18 @@ class ConfigTab(TabPane):
             messages[key] = str(error)
         for key, message in messages.items():
             self.fields[key].show_message(message)
-        effective = self.query_one("#effective-batch", Static)
-        if cfg is not None:
-            effective.update(f"{cfg['batch_size']} × {cfg['grad_accumulation_steps']} = "
-                             f"{C.effective_batch_size(cfg)} samples per update")
-        else:
-            effective.update("-")
+        self._show_effective_batch(messages)
         self._show_command()
+
+    def _show_effective_batch(self, messages: dict) -> None:
+        keys = ("batch_size", "grad_accumulation_steps")
+        effective = self.query_one("#effective-batch", Static)
+        if any(messages[k] for k in keys):
+            effective.update("-")
+            return
+        cfg, _ = C.validate({k: v for k, v in self.raw().items() if k in keys}, require_model=False)
+        effective.update(f"{cfg['batch_size']} × {cfg['grad_accumulation_steps']} = "
+                         f"{C.effective_batch_size(cfg)} samples per update")
 
     def _show_command(self) -> None:
         options = self.app.options

@@ -124,7 +124,8 @@ class MonitorTab(TabPane):
 
     def open(self, path: str) -> None:
         self.query_one("#run-path", Input).value = path
-        self.run_worker(self._open(path), exclusive=True, group="open-run", exit_on_error=False)
+        self.run_worker(self._open(path), exclusive=True, group="open-run", exit_on_error=False,
+                        description=f"Opening {path}")
 
     async def _open(self, path: str) -> None:
         try:

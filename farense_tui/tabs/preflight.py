@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Label, Static, TabPane
 
 from engine import protocol as P
@@ -18,6 +18,7 @@ from engine import protocol as P
 from ..messages import EngineEvent, EngineExited, RecommendedConfig
 from ..runs import format_gb
 
+CHECK_COLUMNS = (("status", 6), ("category", 8), ("check", 13), ("detail", 44), ("fix", 33))  # fits 120 columns
 STATUS_STYLE = {"pass": ("✔ pass", "bold green"), "warn": ("! warn", "bold yellow"), "fail": ("✘ fail", "bold red")}
 
 
@@ -36,7 +37,7 @@ class PreflightTab(TabPane):
     PreflightTab #checks { height: 2fr; }
     PreflightTab #preflight-lower { height: 1fr; }
     PreflightTab #probes { width: 1fr; }
-    PreflightTab #recommended-box { width: 50; padding-left: 1; }
+    PreflightTab #recommended-box { width: 40; padding-left: 1; }
     PreflightTab .caption { text-style: bold; color: $accent; }
     """
 
@@ -52,7 +53,8 @@ class PreflightTab(TabPane):
             yield Button("Apply recommended (a)", id="apply", disabled=True)
             yield Static("Press r to check this machine, the data and the model.", id="preflight-status")
         table = DataTable(id="checks", cursor_type="row", zebra_stripes=True)
-        table.add_columns("status", "category", "check", "detail", "fix")
+        for label, width in CHECK_COLUMNS:
+            table.add_column(label, width=width)
         yield table
         with Horizontal(id="preflight-lower"):
             with Vertical(id="probes-box"):
@@ -60,7 +62,7 @@ class PreflightTab(TabPane):
                 probes = DataTable(id="probes", cursor_type="row")
                 probes.add_columns("batch", "seq length", "peak memory", "tokens/s", "fits", "note")
                 yield probes
-            with Vertical(id="recommended-box"):
+            with VerticalScroll(id="recommended-box"):
                 yield Label("Recommended config", classes="caption")
                 yield Static("(after preflight)", id="recommended")
 
@@ -116,8 +118,8 @@ class PreflightTab(TabPane):
             label, style = STATUS_STYLE.get(event.status, (event.status, ""))
             self.counts[event.status] = self.counts.get(event.status, 0) + 1
             self.query_one("#checks", DataTable).add_row(
-                Text(label, style=style), event.category, event.name,
-                Text(event.detail, overflow="fold"), Text(event.fix, style="italic"),
+                Text(label, style=style), event.category, event.name, event.detail, Text(event.fix, style="italic"),
+                height=None,  # long details and fixes wrap
             )
             self._status(self._summary("Checking…"))
         elif isinstance(event, P.ProbeResult):
@@ -128,14 +130,13 @@ class PreflightTab(TabPane):
             )
         elif isinstance(event, P.PreflightDone):
             self.recommended = dict(event.recommended)
-            self.query_one("#recommended", Static).update(
-                yaml.safe_dump(self.recommended, sort_keys=False, default_flow_style=False).strip()
-                + "\n\nPress a to apply it to the Config tab."
-            )
+            self.query_one("#recommended", Static).update(self._describe_recommended())
             self.query_one("#apply", Button).disabled = False
             where = f" Report: {event.report_path}." if event.report_path else ""
             self._status(self._summary("Preflight finished.") + where)
             self.post_message(RecommendedConfig(self.recommended))
+        elif isinstance(event, P.State) and event.state == "preflight" and event.detail:
+            self._status(self._summary(f"Checking ({event.detail})…"))
         elif isinstance(event, P.Error):
             self._status(f"Preflight failed: {event.message}", error=True)
         elif isinstance(event, P.Warning):
@@ -144,6 +145,15 @@ class PreflightTab(TabPane):
     def on_engine_exited(self, message: EngineExited) -> None:
         if message.crashed:
             self._status(message.report, error=True)
+
+    def _describe_recommended(self) -> str:
+        """What the recommendation would change in the Config tab's current settings."""
+        current, _ = self.app.config_tab.resolved(require_model=False)
+        changes = {k: v for k, v in self.recommended.items() if (current or {}).get(k) != v}
+        if not changes:
+            return "The Config tab already holds the recommended settings."
+        listing = yaml.safe_dump(changes, sort_keys=False, default_flow_style=False, width=36).strip()
+        return f"Changes to the current settings:\n{listing}\n\nPress a to apply them to the Config tab."
 
     def _summary(self, lead: str) -> str:
         c = self.counts

@@ -26,8 +26,8 @@ class TrainTab(TabPane):
         Binding("p", "pause", "Pause"),
         Binding("c", "continue", "Continue"),
         Binding("x", "stop", "Stop"),
-        Binding("r", "resume_run", "Resume run"),
-        Binding("o", "open_run", "Open in Monitor"),
+        Binding("r", "resume_run", "Resume run", show=False),  # the runs list's hint shows these two
+        Binding("o", "open_run", "Open in Monitor", show=False),
     ]
 
     DEFAULT_CSS = """
@@ -35,7 +35,7 @@ class TrainTab(TabPane):
     TrainTab #train-bar Button { margin-right: 1; }
     TrainTab #train-state { width: 1fr; padding: 1 1 0 1; }
     TrainTab #progress-row { height: 1; margin: 1 0 0 0; }
-    TrainTab #progress-row ProgressBar { width: 50; }
+    TrainTab #progress-row ProgressBar { width: 40; }
     TrainTab #progress-text { width: 1fr; }
     TrainTab #train-error {
         display: none; border: round $error; color: $error; max-height: 14; overflow-y: auto;
@@ -43,7 +43,7 @@ class TrainTab(TabPane):
     }
     TrainTab #train-error.-visible { display: block; }
     TrainTab #train-lower { margin-top: 1; }
-    TrainTab #runs-box { width: 58; padding-left: 1; }
+    TrainTab #runs-box { width: 54; padding-left: 1; }
     TrainTab #runs { height: 1fr; }
     TrainTab .caption { text-style: bold; color: $accent; }
     TrainTab .hint { color: $text-muted; }
@@ -74,7 +74,7 @@ class TrainTab(TabPane):
                 table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
                 table.add_columns("run", "status", "update", "best val")
                 yield table
-                yield Label("r: resume the selected run · o: open it in Monitor", classes="hint")
+                yield Label("r resume the selected run · o open it in Monitor", classes="hint")
 
     def on_mount(self) -> None:
         self.refresh_runs()

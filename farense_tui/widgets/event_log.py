@@ -29,7 +29,7 @@ def describe(event: P.Record) -> Text | None:
     if isinstance(event, P.Step):
         return Text(f"update {event.step}/{event.total_steps}  loss {format_loss(event.loss)}  "
                     f"lr {event.learning_rate:.2e}  {event.tokens_per_second:.0f} tok/s  "
-                    f"peak {format_gb(event.memory.mlx_peak)}  ETA {format_duration(event.eta)}")
+                    f"ETA {format_duration(event.eta)}")
     if isinstance(event, P.Eval):
         best = "  (best so far)" if event.is_best else ""
         return Text(f"update {event.step}  validation loss {format_loss(event.val_loss)}  "
@@ -47,6 +47,8 @@ def describe(event: P.Record) -> Text | None:
             text.append("\n" + event.traceback.rstrip(), style="red")
         return text
     if isinstance(event, P.State):
+        if event.state == "idle":
+            return None  # every job ends so; the done or error line already said how
         detail = f" ({event.detail})" if event.detail else ""
         return Text(f"engine {event.state}{detail}", style="dim")
     if isinstance(event, P.Done):
@@ -66,7 +68,7 @@ class EventLog(RichLog):
     """
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, max_lines=5000, wrap=True, markup=False, auto_scroll=True)
+        super().__init__(id=id, max_lines=5000, min_width=20, wrap=True, markup=False, auto_scroll=True)
         self.border_title = "events"
 
     def add_event(self, event: P.Record) -> None:

@@ -113,7 +113,8 @@ async def test_preflight_fills_the_tables_and_applies_the_recommendation(app_fac
         assert all(isinstance(s, Text) and s.style for s in statuses)  # coloured
         assert app.query_one("#probes", DataTable).row_count == 3
         assert "7 passed, 2 warnings, 1 failed" in text_of(app, "#preflight-status")
-        assert "batch_size: 4" in text_of(app, "#recommended")
+        recommended = text_of(app, "#recommended")
+        assert "batch_size: 4" in recommended and "max_seq_length" not in recommended  # 512 already
         await wait_for(pilot, lambda: not app.links["preflight"].running, "the preflight engine to close")
 
         await pilot.press("a")
@@ -234,7 +235,7 @@ async def test_training_replays_into_progress_and_log(app_factory, factory):
 
 
 async def test_pause_continue_and_stop(app_factory):
-    factory = FakeFactory(delay=0.03)
+    factory = FakeFactory(delay=0.08)  # slow enough to pause and stop mid-run
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
         engine = await start_training(app, pilot, factory)

@@ -97,4 +97,8 @@ def test_chat_tab_compare(snap_compare, app_factory):
 
 
 def test_help_screen(snap_compare, app_factory):
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, press=["f3", "question_mark"])
+    async def run_before(pilot):
+        await pilot.press("f3", "question_mark")
+        await settle(pilot)
+
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
