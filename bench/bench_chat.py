@@ -236,11 +236,15 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     model_path, model_desc = pick_model(args, scratch)
     model, tokenizer = mlx_lm.load(model_path)
-    session = ChatSession(model, tokenizer, model_path)
+    session = ChatSession(model, tokenizer, model_path)  # the very same model object, as stored
     sides = {
         "mlx_lm": lambda *a: mlx_lm_reply(model, tokenizer, *a),
         "ours": lambda *a: ours_reply(session, *a),
     }
+    # what the engine does by default: base_dtype auto (float32 on a CPU backend for a quantized base)
+    auto = ChatSession.load(model_path, base_dtype="auto")
+    if auto.base_dtype != session.base_dtype:
+        sides["ours_auto"] = lambda *a: ours_reply(auto, *a)
     engine = EngineSide(model_path) if args.engine else None
     if engine:
         sides["engine"] = engine.reply
@@ -263,6 +267,11 @@ def main() -> int:
             rows.append((name, "time to first token (ms)", f"{ref['ttft'] * 1e3:.1f}", f"{ours['ttft'] * 1e3:.1f}",
                          f"{ours['ttft'] / ref['ttft']:.3f}x"))
             rows.append((name, "tokens generated", f"{ref['tokens']:.0f}", f"{ours['tokens']:.0f}", ""))
+            if "ours_auto" in med:
+                a = med["ours_auto"]
+                rows.append((name, f"ours, base_dtype auto ({auto.base_dtype}): tokens/s; TTFT (ms)", "",
+                             f"{a['tps']:.2f}; {a['ttft'] * 1e3:.1f}",
+                             f"{a['tps'] / ref['tps']:.3f}x; {a['ttft'] / ref['ttft']:.3f}x"))
             if engine:
                 e = med["engine"]
                 rows.append((name, "engine process: tokens/s; TTFT (ms)", "",

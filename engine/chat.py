@@ -151,6 +151,22 @@ def _unwrap_adapter_layers(model) -> None:
 # ------------------------------------------------------------------ session
 
 
+def prepare_base(model, choice: str) -> str:
+    """Apply ``base_dtype`` to a loaded model (the trainer's rule), keeping a quantized base as it is
+    when a float32 copy would take more than half the memory available now."""
+    import psutil
+    from mlx.utils import tree_flatten
+
+    from .trainer import quantization_of, set_base_dtype
+
+    quant = quantization_of(model)
+    if choice == "auto" and quant and mx.default_device().type == mx.cpu:
+        stored = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+        if stored * 32 / quant["bits"] > psutil.virtual_memory().available / 2:
+            choice = "keep"
+    return set_base_dtype(model, choice)
+
+
 class ChatSession:
     """A loaded model (+ adapter), its tokenizer and the conversation so far.
 
@@ -159,16 +175,21 @@ class ChatSession:
     >>> session.set_adapter(None)   # the bare base, without reloading it
     """
 
-    def __init__(self, model, tokenizer, model_path: str):
+    def __init__(self, model, tokenizer, model_path: str, base_dtype: str = "keep"):
         self.model = model
         self.tokenizer = tokenizer
         self.model_path = model_path
+        self.base_dtype_choice = base_dtype
+        self.base_dtype = prepare_base(model, base_dtype)
         self.adapter: Optional[str] = None  # the adapter folder in use
         self._adapter_type = ""
         self.history: list[dict] = []
 
     @classmethod
-    def load(cls, model: Optional[str] = None, adapter: Optional[str] = None) -> "ChatSession":
+    def load(cls, model: Optional[str] = None, adapter: Optional[str] = None,
+             base_dtype: str = "auto") -> "ChatSession":
+        """``base_dtype`` as in training: ``auto`` computes a quantized base in float32 on a CPU backend
+        (where 4-bit and half-precision matmuls get no BLAS help) when that fits in memory."""
         import mlx_lm
 
         path = resolve_model(model)
@@ -177,7 +198,7 @@ class ChatSession:
         except Exception as e:  # noqa: BLE001 - a failed load becomes one sentence
             raise ChatError(f"The model {path} could not be loaded ({_first_line(e)}); check that "
                             "it is an MLX model folder or a reachable Hugging Face model id.") from e
-        session = cls(loaded, tokenizer, path)
+        session = cls(loaded, tokenizer, path, base_dtype)
         session.set_adapter(adapter)
         return session
 
@@ -193,6 +214,7 @@ class ChatSession:
             import mlx_lm
 
             self.model, self.tokenizer = mlx_lm.load(self.model_path)
+            prepare_base(self.model, self.base_dtype_choice)
         else:
             _unwrap_adapter_layers(self.model)
         self.adapter, self._adapter_type = None, ""

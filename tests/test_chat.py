@@ -120,7 +120,7 @@ def test_switching_adapters_gives_a_fresh_loads_logits(tiny_model, tiny_quantize
     a = make_adapter(base_path, tmp_path / "a", num_layers=2, seed=1)
     b = make_adapter(base_path, tmp_path / "b", num_layers=4, rank=8, seed=2,
                      keys=["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"])
-    session = ChatSession.load(str(base_path), adapter=str(a))
+    session = ChatSession.load(str(base_path), adapter=str(a), base_dtype="keep")  # as stored, like mlx_lm.load
     tokens = session.encode([{"role": "user", "content": "O Farense venceu?"}])
 
     def fresh(adapter):
@@ -354,3 +354,27 @@ def test_the_default_model_not_installed_is_one_sentence(tmp_path, monkeypatch):
         ChatSession.load(None)
     with pytest.raises(ChatError, match="farense-tui model default"):
         ChatSession.load("default")
+
+
+def test_auto_base_dtype_computes_a_quantized_base_in_float32_on_cpu(tiny_quantized_model, monkeypatch):
+    import mlx.nn as nn
+    import mlx_lm
+
+    if mx.default_device().type != mx.cpu:
+        pytest.skip("the float32 copy is for CPU backends")
+    session = ChatSession.load(str(tiny_quantized_model))
+    assert session.base_dtype == "float32"
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in session.model.named_modules())
+    stored, _ = mlx_lm.load(str(tiny_quantized_model))
+    tokens = session.encode([{"role": "user", "content": "O Farense venceu?"}])
+    # dequantizing is exact: the same weights, computed in float32
+    assert mx.allclose(logits(session.model, tokens), logits(stored, tokens), atol=1e-3).item()
+
+    import psutil
+
+    class Tight:
+        available = 1024  # bytes: no room for a float32 copy
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tight())
+    kept = ChatSession.load(str(tiny_quantized_model))
+    assert kept.base_dtype == "4-bit"
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in kept.model.named_modules())
