@@ -1,6 +1,6 @@
 """Chat speed: our ChatSession (and the engine process) against mlx-lm's own stream_generate.
 
-    python bench/bench_chat.py [--model M] [--max-tokens 128] [--repeats 7] [--engine] [--write docs/benchmarks-chat.md]
+    python bench/bench_chat.py [--model M] [--max-tokens 128] [--repeats 7] [--engine] [--write FILE]  (results go into docs/benchmarks.md)
 
 Same model object, same prompt (the chat template applied as ``mlx_lm.generate`` does), same
 max tokens, alternating which side runs first, medians over the repeats. Two settings: greedy

@@ -49,19 +49,6 @@ def downsample(xs: Sequence[float], ys: Sequence[float], n: int) -> tuple[list, 
     return [xs[i] for i in order], [ys[i] for i in order]
 
 
-def format_duration(seconds: Optional[float]) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "--:--"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def format_gb(n_bytes: Optional[float]) -> str:
-    return "-" if n_bytes is None else f"{n_bytes / GB:.2f} GB"
-
-
 def format_loss(value: Optional[float]) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 

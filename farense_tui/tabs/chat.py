@@ -243,6 +243,7 @@ class ChatTab(TabPane):
     def action_new_conversation(self) -> None:
         if self.current is not None:
             self.action_stop_reply()
+        self.pending.clear()  # what still arrives of a stopped reply is dropped
         self.log_widget.clear_log()
         self.app.links["chat"].send(P.ChatReset())
         self.status("New conversation.")
@@ -260,7 +261,8 @@ class ChatTab(TabPane):
 
     def on_reply_progress(self, message: ReplyProgress) -> None:
         pending = self.pending.get(message.reply_id)
-        self.log_widget.update_reply(message.reply_id, message.text, pending.title if pending else "assistant")
+        if pending is not None:
+            self.log_widget.update_reply(message.reply_id, message.text, pending.title)
 
     def on_engine_event(self, message: EngineEvent) -> None:
         event = message.event
@@ -280,13 +282,16 @@ class ChatTab(TabPane):
 
     def _reply_done(self, event: P.ReplyDone) -> None:
         pending = self.pending.pop(event.id, None)
-        stats = (f"{event.generation_tokens} tokens · {event.generation_tps:.1f} tok/s · "
-                 f"first token {event.time_to_first_token:.2f} s · {event.finish_reason}")
-        self.log_widget.finish_reply(event.id, event.text, stats, title=pending.title if pending else "assistant",
-                                     failed=event.finish_reason == "cancelled")
         if self.current == event.id:
             self.current = None
-        if pending is not None and pending.then is not None:
+        stats = (f"{event.generation_tokens} tokens · {event.generation_tps:.1f} tok/s · "
+                 f"first token {event.time_to_first_token:.2f} s · {event.finish_reason}")
+        if pending is None:  # a reply of a conversation cleared meanwhile
+            self.remove_class("-replying")
+            return
+        self.log_widget.finish_reply(event.id, event.text, stats, title=pending.title,
+                                     failed=event.finish_reason == "cancelled")
+        if pending.then is not None:
             adapter, chat = pending.then
             self.app.links["chat"].send(P.ChatAdapter(adapter=adapter))
             self.loaded = (self.loaded[0], adapter) if self.loaded else None

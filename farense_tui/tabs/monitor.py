@@ -13,7 +13,8 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TabPane
 
-from ..runs import GB, RunError, RunHistory, Snapshot, format_duration, format_gb, format_loss, load_run
+from ..format import duration, size
+from ..runs import GB, RunError, RunHistory, Snapshot, format_loss, load_run
 from ..widgets.deferred import mount_after_first_frame
 from ..widgets.gauge import Gauge
 from ..widgets.metric_plot import Line, MetricPlot
@@ -179,10 +180,10 @@ class MonitorTab(TabPane):
             return
         total = m.system_total or max(m.mlx_peak, m.rss, 1)
         for gauge_id, value in (("g-active", m.mlx_active), ("g-cache", m.mlx_cache), ("g-rss", m.rss)):
-            self.query_one(f"#{gauge_id}", Gauge).update(value, total, format_gb(value))
+            self.query_one(f"#{gauge_id}", Gauge).update(value, total, size(value))
         peak_level = "warn" if m.system_total and m.mlx_peak > 0.8 * m.system_total else "ok"
-        self.query_one("#g-peak", Gauge).update(m.mlx_peak, total, format_gb(m.mlx_peak), peak_level)
-        available = f"{m.system_available / GB:.2f} of {m.system_total / GB:.1f} GB"
+        self.query_one("#g-peak", Gauge).update(m.mlx_peak, total, size(m.mlx_peak), peak_level)
+        available = f"{size(m.system_available)} of {size(m.system_total)}"
         self.query_one("#g-available", Gauge).update(
             m.system_available, total, available, available_level(m.system_available, snap.guard_gb)
         )
@@ -198,6 +199,6 @@ class MonitorTab(TabPane):
             f"loss {format_loss(s.loss)} · best val loss {best} · last val {format_loss(snap.last_val_loss)}\n"
             f"{s.tokens_per_second:.0f} tokens/s · {s.iterations_per_second:.2f} steps/s · "
             f"lr {s.learning_rate:.2e}\n"
-            f"elapsed {format_duration(s.elapsed)} · ETA {format_duration(s.eta)} · "
+            f"elapsed {duration(s.elapsed)} · ETA {duration(s.eta)} · "
             f"guard {snap.guard_gb:.2f} GB"
         )

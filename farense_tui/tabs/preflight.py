@@ -16,7 +16,7 @@ from textual.widgets import Button, DataTable, Label, Static, TabPane
 from engine import protocol as P
 
 from ..messages import EngineEvent, EngineExited, RecommendedConfig
-from ..runs import format_gb
+from ..format import size
 
 CHECK_COLUMNS = (("status", 6), ("category", 8), ("check", 13), ("detail", 44), ("fix", 33))  # fits 120 columns
 STATUS_STYLE = {"pass": ("✔ pass", "bold green"), "warn": ("! warn", "bold yellow"), "fail": ("✘ fail", "bold red")}
@@ -124,7 +124,7 @@ class PreflightTab(TabPane):
             self._status(self._summary("Checking…"))
         elif isinstance(event, P.ProbeResult):
             self.query_one("#probes", DataTable).add_row(
-                str(event.batch_size), str(event.max_seq_length), format_gb(event.peak_memory),
+                str(event.batch_size), str(event.max_seq_length), size(event.peak_memory),
                 f"{event.tokens_per_second:.0f}",
                 Text("yes", style="green") if event.ok else Text("no", style="red"), event.note,
             )

@@ -16,7 +16,8 @@ from textual.widgets import Button, DataTable, Label, ProgressBar, Static, TabPa
 from engine import protocol as P
 
 from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
-from ..runs import RunError, RunHistory, RunInfo, format_duration, format_loss, list_runs, new_run_dir, run_config
+from ..format import duration
+from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
 from ..widgets.event_log import EventLog
 
 
@@ -204,7 +205,7 @@ class TrainTab(TabPane):
         self.query_one("#progress", ProgressBar).update(total=max(1, step.total_steps), progress=step.step)
         self.query_one("#progress-text", Static).update(
             f" update {step.step}/{step.total_steps} · epoch {step.epoch} ({step.epoch_progress:.0%}) · "
-            f"elapsed {format_duration(step.elapsed)} · ETA {format_duration(step.eta)} · "
+            f"elapsed {duration(step.elapsed)} · ETA {duration(step.eta)} · "
             f"loss {format_loss(step.loss)}"
         )
 

@@ -7,7 +7,8 @@ from textual.widgets import RichLog
 
 from engine import protocol as P
 
-from ..runs import format_duration, format_gb, format_loss
+from ..format import duration, size
+from ..runs import format_loss
 
 
 def describe(event: P.Record) -> Text | None:
@@ -29,7 +30,7 @@ def describe(event: P.Record) -> Text | None:
     if isinstance(event, P.Step):
         return Text(f"update {event.step}/{event.total_steps}  loss {format_loss(event.loss)}  "
                     f"lr {event.learning_rate:.2e}  {event.tokens_per_second:.0f} tok/s  "
-                    f"ETA {format_duration(event.eta)}")
+                    f"ETA {duration(event.eta)}")
     if isinstance(event, P.Eval):
         best = "  (best so far)" if event.is_best else ""
         return Text(f"update {event.step}  validation loss {format_loss(event.val_loss)}  "
@@ -38,7 +39,7 @@ def describe(event: P.Record) -> Text | None:
         return Text(f"checkpoint ({event.reason}) at update {event.step}: {event.path}", style="green")
     if isinstance(event, P.MemoryEvent):
         return Text(f"memory: {event.action.replace('_', ' ')} at update {event.step}, "
-                    f"{format_gb(event.memory.system_available)} available", style="dim")
+                    f"{size(event.memory.system_available)} available", style="dim")
     if isinstance(event, P.Warning):
         return Text(f"warning: {event.message}", style="yellow")
     if isinstance(event, P.Error):

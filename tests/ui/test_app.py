@@ -222,7 +222,7 @@ async def test_training_replays_into_progress_and_log(app_factory, factory):
         bar = app.query_one("#progress", ProgressBar)
         assert (bar.progress, bar.total) == (40, 40)
         progress = text_of(app, "#progress-text")
-        assert "update 40/40" in progress and "epoch 2" in progress and "ETA 0:00" in progress
+        assert "update 40/40" in progress and "epoch 2" in progress and "ETA 00:00" in progress
         log = log_text(app)
         for expected in ("validation loss", "checkpoint (periodic) at update 10", "warning: System available memory",
                          "update 35/40", "training completed, best validation loss", "memory: cleared cache"):
@@ -457,6 +457,22 @@ async def test_chat_reply_can_be_stopped(app_factory):
         assert factory.last("chat").sent_of(P.Cancel)
         reply = [m for m in log.query(ChatMessage) if m.has_class("reply")][0]
         assert reply.has_class("-failed") and "cancelled" in reply.border_subtitle
+
+
+async def test_new_conversation_drops_the_reply_in_flight(app_factory):
+    factory = FakeFactory(delay=0.05)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await send_prompt(pilot, app, "Conta-me tudo")
+        log = app.query_one(ChatLog)
+        await wait_for(pilot, lambda: any(m.has_class("-streaming") for m in log.query(ChatMessage)),
+                       "the first token")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: app.chat_tab.current is None, "the stopped reply")
+        engine = factory.last("chat")
+        assert engine.sent_of(P.Cancel) and engine.sent_of(P.ChatReset)
+        assert not log.query(ChatMessage)  # nothing of the old reply comes back
 
 
 async def test_chat_compares_base_and_adapter(app_factory, factory):

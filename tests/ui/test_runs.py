@@ -11,8 +11,7 @@ from ui_helpers import write_past_run
 from engine import protocol as P
 from farense_tui.messages import EngineEvent, ReplyProgress, TrainingProgress
 from farense_tui.runs import (
-    RunError, RunHistory, Series, downsample, format_duration, latest_adapter, list_runs, load_run, new_run_dir,
-    run_config,
+    RunError, RunHistory, Series, downsample, latest_adapter, list_runs, load_run, new_run_dir, run_config,
 )
 
 
@@ -88,11 +87,6 @@ def test_new_run_dir_is_unique(tmp_path):
     assert first == tmp_path / "run-20250501-120000"
     first.mkdir()
     assert new_run_dir(tmp_path, now) == tmp_path / "run-20250501-120000-2"
-
-
-def test_format_duration():
-    assert format_duration(5) == "0:05" and format_duration(3725) == "1:02:05"
-    assert format_duration(None) == "--:--" and format_duration(float("inf")) == "--:--"
 
 
 def test_high_rate_messages_replace_only_their_own_kind():
