@@ -246,7 +246,7 @@ def defaults() -> dict:
     return {s.key: copy.deepcopy(s.default) for s in SETTINGS}
 
 
-def validate(raw: dict, *, require_model: bool = True) -> tuple[dict, list[str]]:  # TODO drop require_model once the UI stops passing it
+def validate(raw: dict) -> tuple[dict, list[str]]:
     """Check every key; return the resolved config and notes on ignored keys.
 
     Raises ConfigError on the first bad value.

@@ -529,9 +529,9 @@ def estimate_disk(info: ModelInfo, cfg: dict, train_count: int) -> dict:
 def check_config(raw: dict) -> tuple[dict, list[P.Check]]:
     """The config as the engine will resolve it; a bad one falls back to the defaults."""
     try:
-        cfg, notes = C.validate(raw, require_model=False)
+        cfg, notes = C.validate(raw)
     except C.ConfigError as e:
-        cfg, _ = C.validate({}, require_model=False)
+        cfg, _ = C.validate({})
         return cfg, [check("config", "settings", "fail", f"{e} The rest of preflight uses the defaults.",
                            "Fix that setting in the config file and run preflight again.")]
     out = [check("config", "settings", "pass",
@@ -1328,7 +1328,7 @@ def run_preflight(raw: dict, out: str | os.PathLike = "checkpoints", probe: bool
 
     recommended = rec.config
     try:
-        C.validate(recommended, require_model=bool(recommended.get("model")))
+        C.validate(recommended)
     except C.ConfigError as e:  # a bug in recommend(): say so rather than write a config that will not load
         raise AssertionError(f"preflight recommended an invalid config: {e}") from None
     counts = {s: sum(1 for c in checks if c.status == s) for s in ("pass", "warn", "fail")}

@@ -23,17 +23,18 @@ SUBCOMMANDS = {
     "export": ("engine.export", "export a run's adapter, or fuse it into a standalone model"),
 }
 
-USAGE = "usage: farense-tui [SUBCOMMAND] [ARGS...]\n\nWith no subcommand, opens the terminal app.\n\nsubcommands:\n" + "\n".join(
+USAGE = ("usage: farense-tui [--config FILE] [--checkpoints DIR] | SUBCOMMAND [ARGS...]\n\n"
+         "With no subcommand, opens the terminal app.\n\nsubcommands:\n") + "\n".join(
     f"  {name:<10} {desc}" for name, (_, desc) in SUBCOMMANDS.items()
 ) + "\n\nRun 'farense-tui SUBCOMMAND --help' for its options."
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        from .app import main as app_main
+    if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "-V", "--version")):
+        from .app import main as app_main  # the app's own options: --config FILE, --checkpoints DIR
 
-        return app_main() or 0
+        return app_main(args) or 0
     name, rest = args[0], args[1:]
     if name in ("-h", "--help", "help"):
         print(USAGE)

@@ -51,7 +51,8 @@ class EngineProcess:
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
         )
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
         return self
 
     def _drain_stderr(self) -> None:
@@ -113,6 +114,12 @@ class EngineProcess:
 
     def crash_report(self) -> str:
         """One sentence for an engine that died, with its last stderr lines."""
+        if self.proc:
+            try:  # let the process finish and its stderr be read to the end
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._stderr_thread.join(2)
         code = self.returncode
         tail = "\n".join(self.stderr_tail) or "(no output on stderr)"
         return f"The engine exited unexpectedly (exit code {code}); its last output:\n{tail}"

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
     if args.config:
         try:
             raw = C.load_yaml(args.config)
-            C.validate(raw, require_model=False)  # fail fast, before the engine starts
+            C.validate(raw)  # fail fast, before the engine starts
         except C.ConfigError as e:
             print(f"farense-tui: {e}", file=sys.stderr)
             return 2

@@ -59,7 +59,7 @@ def check_setting(setting: C.Setting, text: FieldText) -> Optional[str]:
     if value is UNSET:
         return None
     try:
-        C.validate({setting.key: value}, require_model=False)
+        C.validate({setting.key: value})
     except C.ConfigError as e:
         return str(e)
     return None
@@ -192,16 +192,16 @@ class ConfigTab(TabPane):
         """The fields as a raw config (empty fields left out: their defaults apply)."""
         return {s.key: v for s in C.SETTINGS if (v := parse_value(s, self.texts[s.key])) is not UNSET}
 
-    def _validate(self, *, require_model: bool) -> tuple[Optional[dict], Optional[C.ConfigError]]:
+    def _validate(self) -> tuple[Optional[dict], Optional[C.ConfigError]]:
         try:
-            cfg, _ = C.validate(self.raw(), require_model=require_model)
+            cfg, _ = C.validate(self.raw())
         except C.ConfigError as e:
             return None, e
         return cfg, None
 
-    def resolved(self, *, require_model: bool = True) -> tuple[Optional[dict], Optional[str]]:
+    def resolved(self) -> tuple[Optional[dict], Optional[str]]:
         """(config, None) when valid, else (None, the one-sentence reason)."""
-        cfg, error = self._validate(require_model=require_model)
+        cfg, error = self._validate()
         return cfg, None if error is None else str(error)
 
     # -- validating as you type
@@ -225,7 +225,7 @@ class ConfigTab(TabPane):
     def revalidate(self) -> None:
         self._revalidate_pending = False
         messages = {s.key: check_setting(s, self.texts[s.key]) for s in C.SETTINGS}
-        _, error = self._validate(require_model=True)
+        _, error = self._validate()
         status = self.query_one("#config-status", Static)
         status.update("The config is valid." if error is None else str(error))
         status.set_class(error is not None, "-invalid")
@@ -244,7 +244,7 @@ class ConfigTab(TabPane):
         if any(messages[k] for k in keys):
             effective.update("-")
             return
-        cfg, _ = C.validate({k: v for k, v in self.raw().items() if k in keys}, require_model=False)
+        cfg, _ = C.validate({k: v for k, v in self.raw().items() if k in keys})
         effective.update(f"{cfg['batch_size']} × {cfg['grad_accumulation_steps']} = "
                          f"{C.effective_batch_size(cfg)} samples per update")
 
@@ -274,7 +274,7 @@ class ConfigTab(TabPane):
     def load(self, path: str | Path) -> bool:
         try:
             raw = C.load_yaml(path)
-            cfg, notes = C.validate(raw, require_model=False)
+            cfg, notes = C.validate(raw)
         except C.ConfigError as e:
             self.app.notify(str(e), title="Config not loaded", severity="error")
             status = self.query_one("#config-status", Static)
@@ -288,7 +288,7 @@ class ConfigTab(TabPane):
         return True
 
     def save(self, path: str | Path) -> bool:
-        cfg, error = self.resolved(require_model=False)
+        cfg, error = self.resolved()
         if cfg is None:
             self.app.notify(f"The config is not valid, so it was not saved: {error}",
                             title="Config not saved", severity="error")

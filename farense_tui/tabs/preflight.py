@@ -74,7 +74,7 @@ class PreflightTab(TabPane):
             self.app.notify("Preflight is already running.", severity="warning")
             return
         config_tab = self.app.config_tab
-        cfg, _ = config_tab.resolved(require_model=False)
+        cfg, _ = config_tab.resolved()
         self.query_one("#checks", DataTable).clear()
         self.query_one("#probes", DataTable).clear()
         self.counts = dict.fromkeys(self.counts, 0)
@@ -148,7 +148,7 @@ class PreflightTab(TabPane):
 
     def _describe_recommended(self) -> str:
         """What the recommendation would change in the Config tab's current settings."""
-        current, _ = self.app.config_tab.resolved(require_model=False)
+        current, _ = self.app.config_tab.resolved()
         changes = {k: v for k, v in self.recommended.items() if (current or {}).get(k) != v}
         if not changes:
             return "The Config tab already holds the recommended settings."

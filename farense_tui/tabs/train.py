@@ -123,7 +123,7 @@ class TrainTab(TabPane):
         if self.busy:
             self.app.notify("A run is in progress; stop it first (x).", severity="warning")
             return
-        config, error = self.app.config_tab.resolved(require_model=True)
+        config, error = self.app.config_tab.resolved()
         if config is None:
             self.show_error(f"The config is not valid: {error} Fix it in the Config tab (F2).")
             return
