@@ -104,8 +104,9 @@ class FarenseApp(App):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         pane = self.query_one(f"#{tab}")
-        # focus the tab's first control, so its keys work at once
-        focusable = [w for w in pane.query("*") if w.focusable]
+        # focus the tab's main control (or its first), so typing and its keys work at once
+        main = getattr(pane, "FOCUS_FIRST", "")
+        focusable = [w for w in pane.query(main or "*") if w.focusable]
         if focusable:
             focusable[0].focus()
 

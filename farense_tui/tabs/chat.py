@@ -42,6 +42,7 @@ class PendingReply:
 
 
 class ChatTab(TabPane):
+    FOCUS_FIRST = "#prompt"  # F5 lands in the message box, ready to type
     BINDINGS = [
         Binding("ctrl+l", "load", "Load model"),
         Binding("escape", "stop_reply", "Stop reply"),
