@@ -91,8 +91,9 @@ class EngineProcess:
     def returncode(self) -> Optional[int]:
         return self.proc.poll() if self.proc else None
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Ask the engine to shut down; terminate it if it does not."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Ask the engine to shut down (a training run finishes its update and checkpoints first, which
+        on a large model takes a while); terminate it only if it does not within ``timeout``."""
         if not self.proc:
             return
         if self.proc.poll() is None:
