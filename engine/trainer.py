@@ -36,6 +36,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from . import batching
 from . import config as C
 from . import protocol as P
+from .datatools import length_stats, sample_format
 from .models import ModelNotFoundError, locate_model, resolve_model
 from .schedule import learning_rate_at
 from .server import Context, handles
@@ -119,22 +120,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def data_format(sample: dict) -> str:
-    """The format mlx-lm's create_dataset picks, in its order."""
-    if "prompt" in sample and "completion" in sample:
-        return "completions"
-    if "messages" in sample:
-        return "chat"
-    if "text" in sample:
-        return "text"
-    return "unknown"
+    return sample_format(sample) or "unknown"
 
 
-def length_stats(lengths: list[int]) -> dict:
+def token_figures(lengths: list[int], max_seq_length: int) -> dict:
     if not lengths:
         return {}
-    a = np.array(lengths)
-    return {"min": int(a.min()), "max": int(a.max()), "mean": float(a.mean()),
-            "median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "total": int(a.sum())}
+    st = length_stats(lengths, max_seq_length)
+    return {"min": st.min, "max": st.max, "mean": st.mean, "median": st.median, "p95": st.p95,
+            "total": sum(lengths)}
 
 
 @dataclass
@@ -418,7 +412,8 @@ class Run:
                           f"max_seq_length {cfg['max_seq_length']} and will be truncated.", code="truncation")
         self.ctx.emit(P.Data(
             format=data_format(train_rows[0]), train_samples=len(train_rows), valid_samples=len(valid_rows),
-            train_tokens=length_stats(self.train.lengths), valid_tokens=length_stats(self.valid.lengths),
+            train_tokens=token_figures(self.train.lengths, cfg["max_seq_length"]),
+            valid_tokens=token_figures(self.valid.lengths, cfg["max_seq_length"]),
             truncated=truncated, batches_per_epoch=len(self.batches), updates_per_epoch=self.updates_per_epoch,
             total_updates=self.total_updates,
             padding_efficiency=round(batching.padding_efficiency(
