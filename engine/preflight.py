@@ -1407,7 +1407,8 @@ def _write(out: Path, report: dict, recommended: dict, emit: Emit) -> tuple[str,
 @handles(P.Preflight)
 def handle_preflight(ctx: Context, cmd: P.Preflight) -> None:
     ctx.emit(P.State(state="preflight", detail="checking"))
-    run_preflight(cmd.config, cmd.out or "checkpoints", probe=cmd.probe, emit=ctx.emit, stop=ctx.stop_requested)
+    run_preflight(cmd.config, cmd.out or "checkpoints", probe=cmd.probe, emit=ctx.emit, stop=ctx.stop_requested,
+                  probe_seconds=cmd.probe_seconds)
     mx.clear_cache()  # the model is gone; give its buffers back
 
 

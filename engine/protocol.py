@@ -302,6 +302,7 @@ class Preflight(Record):
     config: dict = field(default_factory=dict)
     out: str = "checkpoints"
     probe: bool = False
+    probe_seconds: float = 120.0  # wall-clock budget for the probe's training steps
 
 
 @dataclass

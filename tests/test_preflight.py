@@ -536,3 +536,19 @@ def test_cli_table_rows_and_colours():
     coloured = io.StringIO()
     cli.Table(coloured, tty=True).check(fail)
     assert "\033[31mfail" in coloured.getvalue()
+
+
+def test_probe_time_budget_reaches_the_probe(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(PF, "run_preflight", lambda *a, **kw: seen.update(kw))
+
+    class Ctx:
+        stop_requested = None
+
+        def emit(self, event):
+            pass
+
+    PF.handle_preflight(Ctx(), P.Preflight(probe=True, probe_seconds=600.0))
+    assert seen["probe"] is True and seen["probe_seconds"] == 600.0
+    line = P.Preflight(probe=True, probe_seconds=30.0).to_line()
+    assert P.parse_command(line).probe_seconds == 30.0

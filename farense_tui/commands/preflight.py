@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--probe", action="store_true",
                    help="measure real training steps at candidate batch sizes and lengths (takes a few minutes)")
+    p.add_argument("--probe-seconds", type=float, default=120.0, metavar="S",
+                   help="time budget for the probe's training steps (default 120); more measures larger settings")
     return p
 
 
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
 
     old = signal.signal(signal.SIGINT, on_signal)
     try:
-        engine.send(P.Preflight(config=raw, out=args.out, probe=bool(args.probe)))
+        engine.send(P.Preflight(config=raw, out=args.out, probe=bool(args.probe), probe_seconds=args.probe_seconds))
         for ev in engine.events():
             if isinstance(ev, P.Hello) and not args.json:
                 table.line(f"engine {ev.engine_version} on {ev.device} ({ev.blas} BLAS), mlx {ev.mlx_version}, "
