@@ -759,6 +759,8 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
             if not saved.exists() and newest_checkpoint(run_dir) is None:
                 raise TrainingError(f"{run_dir} holds no run to resume; start a new run or pick another folder.")
         cfg, notes = C.validate(cfg_raw)
+        if resume and (run_dir / "config.yaml").exists():
+            notes += resume_differences(C.validate(C.load_yaml(run_dir / "config.yaml"))[0], cfg)
         if not resume and newest_checkpoint(run_dir) is not None:
             raise TrainingError(f"{run_dir} already holds a run with checkpoints; resume it or choose a new run folder.")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -795,6 +797,18 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         ctx.tee(None)
         events_file.close()
     return done
+
+
+# settings that decide the data order, the position in it or the trained weights' shapes
+ORDER_KEYS = ("data", "batch_size", "grad_accumulation_steps", "seed", "max_seq_length", "mask_prompt",
+              "model", "fine_tune_type", "num_layers", "lora_parameters")
+
+
+def resume_differences(saved: dict, now: dict) -> list[str]:
+    """Warnings for a resume whose config changes what the checkpoint's position means."""
+    return [f"{k} was {saved[k]!r} in this run and is {now[k]!r} now: the resumed run will not match an "
+            f"uninterrupted one; resume with the run's own config.yaml for an exact continuation."
+            for k in ORDER_KEYS if saved.get(k) != now.get(k)]
 
 
 def _remove_interrupted_writes(run_dir: Path) -> None:

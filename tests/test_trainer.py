@@ -230,3 +230,13 @@ def test_mask_prompt_trains_only_on_answers(tiny_model, tiny_data, tmp_path):
     _, full = train_in_process(base_config(tiny_model, tiny_data, iters=2), tmp_path / "a")
     _, masked = train_in_process(base_config(tiny_model, tiny_data, iters=2, mask_prompt=True), tmp_path / "b")
     assert 0 < of(masked, P.Step)[0].tokens < of(full, P.Step)[0].tokens
+
+
+def test_resume_with_a_changed_batch_size_warns(tiny_model, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_in_process(base_config(tiny_model, tiny_data, iters=3), run)
+    done, events = train_in_process(base_config(tiny_model, tiny_data, iters=6, batch_size=3), run, resume=True)
+    assert done.status == "completed"
+    assert any(w.message.startswith("batch_size was 2 in this run and is 3 now") for w in of(events, P.Warning))
+    _, events = train_in_process({}, run, resume=True)  # the run's own config: no such warning
+    assert not any("in this run and is" in w.message for w in of(events, P.Warning))
