@@ -27,15 +27,22 @@ system-deps:
 	  fi; \
 	fi
 
-install: $(BIN)/python system-deps
+# stamps: pip runs again only when pyproject.toml changes
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: system-deps $(VENV)/.installed
 
 install-test: TMUX_NEEDED = 1
-install-test: $(BIN)/python system-deps
-	$(BIN)/pip install -q -e '.[test]'
+install-test: system-deps $(VENV)/.installed-test
 
 default-model: install
-	@$(BIN)/farense-tui model default >/dev/null && echo "default model ready"
+	@$(BIN)/farense-tui model default
 
 run: install default-model
 	$(BIN)/farense-tui
