@@ -45,7 +45,7 @@ default-model: install
 	@$(BIN)/farense-tui model default
 
 run: install default-model
-	$(BIN)/farense-tui
+	$(BIN)/farense-tui --config configs/farense.yaml
 
 test: install-test
 	$(BIN)/pytest -q
