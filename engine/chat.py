@@ -93,6 +93,7 @@ class Reply:
     generation_tps: float = 0.0
     time_to_first_token: float = 0.0  # seconds from the call to the first generated token
     peak_memory: int = 0  # bytes, MLX's peak during this reply
+    cached_tokens: int = 0  # leading prompt tokens taken from the last reply's KV cache
 
 
 # ---------------------------------------------------------------- locating
@@ -184,6 +185,10 @@ class ChatSession:
         self.adapter: Optional[str] = None  # the adapter folder in use
         self._adapter_type = ""
         self.history: list[dict] = []
+        # the KV cache of the last reply and the tokens it holds: the next prompt usually starts with
+        # them (the conversation so far), so only its new part is processed
+        self._cache = None
+        self._cached: list[int] = []
 
     @classmethod
     def load(cls, model: Optional[str] = None, adapter: Optional[str] = None,
@@ -209,6 +214,7 @@ class ChatSession:
 
         folder = adapter_folder(adapter) if adapter else None
         kind = _fine_tune_type(folder) if folder else ""
+        self._cache, self._cached = None, []  # other weights: the cached keys and values are stale
         if "full" in (kind, self._adapter_type):
             # a full fine-tune replaced the base weights themselves: only a reload undoes it
             import mlx_lm
@@ -232,6 +238,22 @@ class ChatSession:
     # -- conversation
     def reset(self) -> None:
         self.history.clear()
+
+    def _reusable_cache(self, prompt: list[int]) -> tuple[list, int]:
+        """The KV cache to continue from and how many leading prompt tokens it already holds."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+        shared = 0
+        for a, b in zip(self._cached, prompt):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(prompt) - 1)  # at least one token must go through the model
+        if self._cache is not None and shared > 0:
+            extra = len(self._cached) - shared
+            if extra == 0 or (can_trim_prompt_cache(self._cache) and trim_prompt_cache(self._cache, extra) == extra):
+                return self._cache, shared
+        return make_prompt_cache(self.model), 0
 
     def messages_for(self, message: str, settings: ReplySettings) -> list[dict]:
         messages = [{"role": "system", "content": settings.system}] if settings.system else []
@@ -276,10 +298,15 @@ class ChatSession:
         first_token_at = None
         last = None
         finish = "length"
-        stream = stream_generate(self.model, self.tokenizer, mx.array(prompt), max_tokens=settings.max_tokens,
-                                 sampler=sampler, logits_processors=processors)
+        cache, reused = self._reusable_cache(prompt)
+        self._cache, self._cached = None, []  # until this reply has ended, the cache is in flux
+        generated: list[int] = []
+        stream = stream_generate(self.model, self.tokenizer, mx.array(prompt[reused:]),
+                                 max_tokens=settings.max_tokens, sampler=sampler, logits_processors=processors,
+                                 prompt_cache=cache)
         with contextlib.closing(stream):
             for last in stream:
+                generated.append(last.token)
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 if last.text:
@@ -292,11 +319,15 @@ class ChatSession:
                 if should_cancel is not None and should_cancel():
                     finish = "cancelled"
                     break
+        held = cache[0].offset if cache and hasattr(cache[0], "offset") else 0
+        known = prompt + generated
+        if 0 < held <= len(known):
+            self._cache, self._cached = cache, known[:held]
         text = "".join(pieces)
         if settings.keep_history:
             self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
         return Reply(
-            text=text, finish_reason=finish, prompt_tokens=len(prompt),
+            text=text, finish_reason=finish, prompt_tokens=len(prompt), cached_tokens=reused,
             prompt_tps=last.prompt_tps if last else 0.0,
             generation_tokens=last.generation_tokens if last else 0,
             generation_tps=last.generation_tps if last else 0.0,

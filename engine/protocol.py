@@ -263,6 +263,7 @@ class ReplyDone(Record):
     generation_tps: float = 0.0
     time_to_first_token: float = 0.0
     peak_memory: int = 0
+    cached_tokens: int = 0  # leading prompt tokens reused from the previous reply's KV cache
 
 
 # ----------------------------------------------------------------- commands

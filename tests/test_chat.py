@@ -378,3 +378,38 @@ def test_auto_base_dtype_computes_a_quantized_base_in_float32_on_cpu(tiny_quanti
     kept = ChatSession.load(str(tiny_quantized_model))
     assert kept.base_dtype == "4-bit"
     assert any(isinstance(m, nn.QuantizedLinear) for _, m in kept.model.named_modules())
+
+
+def test_the_next_turn_reuses_the_conversation_kv_cache(tiny_model):
+    """Only the new part of the prompt goes through the model, and the cached keys and values give
+    the same next-token logits as processing the whole conversation afresh."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    session = ChatSession.load(str(tiny_model))
+    first = session.reply("Qual foi o resultado do Farense?", ReplySettings(max_tokens=6, **GREEDY))
+    assert first.cached_tokens == 0
+    prompt = session.encode(session.messages_for("E em casa?", ReplySettings()))
+    cache, reused = session._reusable_cache(prompt)
+    assert 0 < reused < len(prompt)
+    assert prompt[:reused] == session._cached[:reused]
+    incremental = session.model(mx.array(prompt[reused:])[None], cache=cache)[:, -1]
+    whole = session.model(mx.array(prompt)[None], cache=make_prompt_cache(session.model))[:, -1]
+    assert mx.allclose(incremental, whole, atol=1e-4).item()
+
+    session = ChatSession.load(str(tiny_model))
+    session.reply("Qual foi o resultado do Farense?", ReplySettings(max_tokens=6, **GREEDY))
+    second = session.reply("E em casa?", ReplySettings(max_tokens=6, **GREEDY))
+    assert 0 < second.cached_tokens < second.prompt_tokens
+
+
+def test_switching_adapter_or_a_new_prompt_drops_what_does_not_match(tiny_model, tmp_path):
+    session = ChatSession.load(str(tiny_model))
+    session.reply("Olá", ReplySettings(max_tokens=4, **GREEDY))
+    assert session._cached
+    session.set_adapter(str(make_adapter(tiny_model, tmp_path / "a", num_layers=2)))
+    assert session._cache is None and session._cached == []  # other weights, stale keys and values
+    reply = session.reply("Olá", ReplySettings(max_tokens=4, keep_history=False, **GREEDY))
+    assert reply.cached_tokens == 0
+    # a prompt that shares only the template's start reuses just that much
+    other = session.reply("Outra pergunta", ReplySettings(max_tokens=4, keep_history=False, **GREEDY))
+    assert other.cached_tokens < len(session.encode([{"role": "user", "content": "Outra pergunta"}]))
