@@ -38,11 +38,6 @@ sys.path.insert(0, str(ROOT))
 from farense_tui.engine_client import engine_env  # noqa: E402
 
 PROMPT = "Conta a história do Sporting Clube Farense, de Faro, desde 1910, com muitos pormenores."
-SMOLLM2_SHAPE = {
-    "model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
-    "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5, "vocab_size": 49152,
-    "tie_word_embeddings": True, "rope_theta": 100000.0, "max_position_embeddings": 8192,
-}
 
 
 def reexec_with_engine_env() -> None:
@@ -54,28 +49,17 @@ def reexec_with_engine_env() -> None:
 
 def synthetic_model(kind: str, folder: Path) -> Path:
     """A random-weight model of SmolLM2-135M's shape, with a tokenizer padded to its vocabulary."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
-
     sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from make_shaped_model import SHAPES, write_shaped_model
     from tiny_model import build_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder)
-    tokenizer.add_tokens([f"w{i}" for i in range(SMOLLM2_SHAPE["vocab_size"] - len(tokenizer))])
+    tokenizer.add_tokens([f"w{i}" for i in range(SHAPES["smollm2"]["vocab_size"] - len(tokenizer))])
     tokenizer.save_pretrained(str(folder))
-    config = {**SMOLLM2_SHAPE, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    if kind == "q4":
-        nn.quantize(model, group_size=32, bits=4)
-        config["quantization"] = {"group_size": 32, "bits": 4}
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    return write_shaped_model("smollm2", folder, bits=4 if kind == "q4" else 0, dtype="float32",
+                              eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
 
 
 def pick_model(args, scratch: Path) -> tuple[str, str]:
