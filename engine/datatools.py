@@ -40,6 +40,8 @@ from typing import Any, Iterable, Optional, Sequence
 from .config import BY_KEY, atomic_write_text
 
 FORMATS = ("chat", "completions", "text")
+# a data folder: train.jsonl, valid.jsonl and, optionally, trained facts asked in unseen phrasings
+PARAPHRASE_FILE = "probe_paraphrase.jsonl"
 ROLES = ("system", "user", "assistant", "tool")
 BOM = b"\xef\xbb\xbf"
 MAX_PRINTED_PROBLEMS = 50  # per file; the CheckResult keeps them all
@@ -428,10 +430,12 @@ def _cmd_build(args) -> int:
     except FileExistsError as e:
         raise DataToolError(str(e)) from None
     total = sum(res.counts.values())
-    print(f"{total} examples from {_shown(sources)}: " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
-    for name, n in (("train.jsonl", res.train), ("valid.jsonl", res.valid)):
+    print(f"{total} facts from {_shown(sources)}: " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+    for name, n, what in (("train.jsonl", res.train, f"{farense_data.TRAIN_PHRASINGS} phrasings of each training fact"),
+                          ("valid.jsonl", res.valid, "one phrasing of each held-out fact"),
+                          (PARAPHRASE_FILE, res.probe, "each training fact in a phrasing training never sees")):
         path = out / name
-        print(f"{_shown(path)}: {n} examples ({'written' if path in res.written else 'unchanged'})")
+        print(f"{_shown(path)}: {n} examples, {what} ({'written' if path in res.written else 'unchanged'})")
     return 0
 
 
@@ -456,9 +460,10 @@ def parser() -> argparse.ArgumentParser:
                                                       "JSONL training files.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("build", help="build train.jsonl and valid.jsonl of the Farense Q&A set from the sources")
+    b = sub.add_parser("build", help="build train.jsonl, valid.jsonl and probe_paraphrase.jsonl of the Farense Q&A "
+                                     "set from the sources")
     b.add_argument("--sources", default=str(ROOT / "data" / "sources"), help="folder of source files (default: %(default)s)")
-    b.add_argument("--out", default=str(ROOT / "data"), help="where train.jsonl and valid.jsonl go (default: %(default)s)")
+    b.add_argument("--out", default=str(ROOT / "data"), help="where the three files go (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="seed of phrasings and split (default: 0)")
     b.add_argument("--force", action="store_true", help="replace existing files that differ")
     b.set_defaults(run=_cmd_build)

@@ -14,6 +14,14 @@ six on "0000-00-00"), so a date shared by two or more Farense games is not a mat
 games, and those with no date, get no question by date (their season, competition and head-to-head
 figures still count them).
 
+Facts, not examples, are the unit: each fact (kind, answer) is asked in four phrasings, each from its own
+template, with the club named in its source names ("o Farense", "o SC Farense", ...) and a date written as
+1995-04-30, 30/04/1995 or "30 de abril de 1995". The facts are split 90/10; ``train.jsonl`` asks each
+training fact in three phrasings (one date format each) because a small model learns a fact, rather than
+the form of its answer, only from several phrasings (Allen-Zhu & Li, "Physics of Language Models 3.1");
+``probe_paraphrase.jsonl`` asks it once more in the fourth, to measure recall beyond the trained wording;
+``valid.jsonl`` asks each held-out fact once, and no phrasing of it is trained.
+
 The output is the same bytes on every run: inputs are sorted, phrasings are drawn from a seeded
 ``random.Random`` in a fixed order, and the 90/10 split is seeded and stratified by kind.
 Standard library only.
@@ -220,7 +228,8 @@ _FEMININE = ("Académica", "Juventude", "União", "U. ", "UD ", "USC ", "AD ", "
 _PLURAL = ("Pescadores", "Nazarenos", "Armacenenses", "Ferroviários")
 _CONTRACT = {"": {"o": "o", "a": "a", "os": "os"}, "de": {"o": "do", "a": "da", "os": "dos"},
              "em": {"o": "no", "a": "na", "os": "nos"}, "a": {"o": "ao", "a": "à", "os": "aos"},
-             "com": {"o": "com o", "a": "com a", "os": "com os"}, "contra": {"o": "contra o", "a": "contra a", "os": "contra os"}}
+             "com": {"o": "com o", "a": "com a", "os": "com os"}, "contra": {"o": "contra o", "a": "contra a", "os": "contra os"},
+             "por": {"o": "pelo", "a": "pela", "os": "pelos"}}
 
 
 def the(club: str, prep: str = "") -> str:
@@ -339,7 +348,29 @@ def record_notes(r: Record) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Examples
+# Facts and their phrasings
+
+
+KINDS = ("jogo", "epoca", "competicao", "confronto", "plantel", "jogador", "clube")
+TRAIN_PHRASINGS = 3  # a fact becomes extractable when training sees it in several phrasings (Allen-Zhu & Li, 3.1)
+MONTHS = ("janeiro", "fevereiro", "março", "abril", "maio", "junho", "julho", "agosto", "setembro", "outubro",
+          "novembro", "dezembro")
+
+
+def long_date(iso: str) -> str:
+    """'1995-05-01' -> '1 de maio de 1995'."""
+    y, m, d = iso.split("-")
+    return f"{int(d)} de {MONTHS[int(m) - 1]} de {y}"
+
+
+DATE_FORMATS = (str, dmy, long_date)  # 1995-04-30, 30/04/1995, 30 de abril de 1995
+
+
+@dataclass(frozen=True)
+class Fact:
+    kind: str
+    answer: str
+    questions: tuple[str, ...]  # TRAIN_PHRASINGS for training, then the probe's; each from its own template
 
 
 @dataclass(frozen=True)
@@ -349,48 +380,79 @@ class Example:
     answer: str
 
     def to_json(self) -> dict:
-        return {"messages": [{"role": "user", "content": self.question},
-                             {"role": "assistant", "content": self.answer}]}
+        return {"kind": self.kind, "messages": [{"role": "user", "content": self.question},
+                                                {"role": "assistant", "content": self.answer}]}
 
 
-KINDS = ("jogo", "epoca", "competicao", "confronto", "plantel", "jogador", "clube")
+def _club_forms(name: str) -> dict[str, str]:
+    """The club's name with its article, as templates use it: {o_farense}, {do_farense}, ..."""
+    return {"o_farense": the(name), "do_farense": the(name, "de"), "no_farense": the(name, "em"),
+            "ao_farense": the(name, "a"), "pelo_farense": the(name, "por")}
+
+
+def _opponent_forms(club: str) -> dict[str, str]:
+    return {"opp": the(club), "contra_opp": the(club, "contra"), "com_opp": the(club, "com"), "ao_opp": the(club, "a")}
 
 
 @dataclass
 class _Maker:
     rng: random.Random
-    examples: list[Example] = field(default_factory=list)
+    clubs: tuple[dict[str, str], ...]  # _club_forms of each of the club's names
+    facts: list[Fact] = field(default_factory=list)
 
-    def add(self, kind: str, templates: tuple[str, ...], answer: str, **values) -> None:
-        self.examples.append(Example(kind, self.rng.choice(templates).format(**values), answer))
+    def add(self, kind: str, templates: tuple[str, ...], answer: str, day: Optional[str] = None, **values) -> None:
+        """One fact in TRAIN_PHRASINGS + 1 phrasings from as many templates. The training ones name the club
+        in different ways and, for a fact asked by date, write the date in one format each; the last one,
+        the probe's, takes any name and format."""
+        n = TRAIN_PHRASINGS + 1
+        picked = self.rng.sample(templates, n)
+        clubs = self.rng.sample(self.clubs, TRAIN_PHRASINGS) + [self.rng.choice(self.clubs)]
+        formats = self.rng.sample(DATE_FORMATS, TRAIN_PHRASINGS) + [self.rng.choice(DATE_FORMATS)] if day else []
+        dates = [fmt(day) for fmt in formats] or [None] * n
+        questions = []
+        for template, club, data in zip(picked, clubs, dates):
+            q = template.format(data=data, **club, **values)
+            questions.append(q[0].upper() + q[1:])  # a template may start with "{o_farense} ..."
+        self.facts.append(Fact(kind, answer, tuple(questions)))
 
 
-def _match_examples(mk: _Maker, games: list[Game]) -> None:
+def _match_facts(mk: _Maker, games: list[Game]) -> None:
     templates = (
-        "Qual foi o resultado do Farense {contra} em {date}?",
-        "Como terminou o jogo entre o Farense e {opp} em {date}?",
-        "Qual foi o marcador do Farense {contra} no dia {dmy}?",
-        "Em {dmy}, o Farense defrontou {opp}. Qual foi o resultado?",
-        "Quem ganhou o jogo entre o Farense e {opp} disputado em {date}?",
+        "Qual foi o resultado {do_farense} {contra_opp} em {data}?",
+        "Como terminou o jogo entre {o_farense} e {opp} em {data}?",
+        "Em {data}, {o_farense} defrontou {opp}. Qual foi o resultado?",
+        "Quem ganhou o jogo entre {o_farense} e {opp} disputado em {data}?",
+        "Que resultado obteve {o_farense} frente {ao_opp} no dia {data}?",
     )
     for g in games:
         if g.date is None or not g.played:
             continue
         answer = f"{describe_game(g)} Competição: {g.competition}."
-        mk.add("jogo", templates, answer, contra=the(g.opponent, "contra"), opp=the(g.opponent), date=g.date, dmy=dmy(g.date))
+        mk.add("jogo", templates, answer, day=g.date, **_opponent_forms(g.opponent))
 
 
-def _season_examples(mk: _Maker, games: list[Game]) -> None:
+def _season_facts(mk: _Maker, games: list[Game]) -> None:
     by_season: dict[str, list[Game]] = defaultdict(list)
     for g in games:
         by_season[g.season].append(g)
-    full = ("Qual foi o registo do Farense na época {s}?", "Como correu a época {s} ao Farense?",
-            "Quantos jogos, vitórias, empates e derrotas teve o Farense na época {s}?")
-    goals = ("Quantos golos marcou e sofreu o Farense na época {s}?", "Quantos golos marcou o Farense em {s}?")
-    venue = ("Como se saiu o Farense em casa e fora de casa na época {s}?",
-             "Qual foi o registo do Farense em casa e fora na época {s}?")
-    comps = ("Que competições disputou o Farense na época {s}?", "Em que provas jogou o Farense em {s}?")
-    comp_q = ("Como correu o Farense na competição {c} (época {s})?", "Qual foi o registo do Farense na prova {c} (época {s})?")
+    full = ("Qual foi o registo {do_farense} na época {s}?", "Como correu a época {s} {ao_farense}?",
+            "Quantos jogos, vitórias, empates e derrotas teve {o_farense} na época {s}?",
+            "Na época {s}, quantos jogos ganhou, empatou e perdeu {o_farense}?",
+            "Qual foi o balanço {do_farense} na época {s}?")
+    goals = ("Quantos golos marcou e sofreu {o_farense} na época {s}?", "Quantos golos marcou {o_farense} em {s}?",
+             "Na época {s}, quantos golos marcou e quantos sofreu {o_farense}?",
+             "Quantos golos marcados e sofridos teve {o_farense} na época {s}?")
+    venue = ("Como se saiu {o_farense} em casa e fora de casa na época {s}?",
+             "Qual foi o registo {do_farense} em casa e fora na época {s}?",
+             "Na época {s}, como foram os resultados {do_farense} em casa e fora?",
+             "Em {s}, {o_farense} esteve melhor em casa ou fora de casa?")
+    comps = ("Que competições disputou {o_farense} na época {s}?", "Em que provas jogou {o_farense} em {s}?",
+             "Na época {s}, em que competições participou {o_farense}?",
+             "Quantos jogos fez {o_farense} em cada competição na época {s}?")
+    comp_q = ("Como correu {o_farense} na competição {c} (época {s})?",
+              "Qual foi o registo {do_farense} na prova {c} (época {s})?",
+              "Na época {s}, como se saiu {o_farense} na competição {c}?",
+              "Quantos jogos, vitórias, empates e derrotas teve {o_farense} na prova {c} em {s}?")
     for season, sg in by_season.items():
         s = season_label(season)
         r = record(sg)
@@ -421,21 +483,27 @@ def _season_examples(mk: _Maker, games: list[Game]) -> None:
                        c=c, s=s)
 
 
-def _head_to_head_examples(mk: _Maker, games: list[Game]) -> None:
+def _head_to_head_facts(mk: _Maker, games: list[Game]) -> None:
     first_season, last_season = season_label(games[0].season), season_label(games[-1].season)
     by_opp: dict[str, list[Game]] = defaultdict(list)
     for g in games:
         by_opp[g.opponent].append(g)
-    overall = ("Qual é o historial do Farense {contra}?", "Quantas vezes o Farense defrontou {opp} e com que resultados?",
-               "Qual é o registo de confrontos entre o Farense e {opp}?")
-    first = ("Em que época o Farense defrontou {opp} pela primeira vez?", "Quando foi o primeiro jogo do Farense {contra}?")
-    last = ("Qual foi o último jogo do Farense {contra}?", "Como correu o último confronto entre o Farense e {opp}?")
+    overall = ("Qual é o historial {do_farense} {contra_opp}?", "Quantas vezes {o_farense} defrontou {opp} e com que resultados?",
+               "Qual é o registo de confrontos entre {o_farense} e {opp}?",
+               "Qual é o balanço dos jogos entre {o_farense} e {opp}?",
+               "Nos jogos {com_opp}, quantas vitórias, empates e derrotas tem {o_farense}?")
+    first = ("Em que época {o_farense} defrontou {opp} pela primeira vez?", "Quando foi o primeiro jogo {do_farense} {contra_opp}?",
+             "Quando se defrontaram pela primeira vez {o_farense} e {opp}?",
+             "Qual foi o primeiro confronto entre {o_farense} e {opp}?")
+    last = ("Qual foi o último jogo {do_farense} {contra_opp}?", "Como correu o último confronto entre {o_farense} e {opp}?",
+            "Quando defrontou {o_farense} {opp} pela última vez, e com que resultado?",
+            "Qual foi o resultado do jogo mais recente entre {o_farense} e {opp}?")
     for opp in sorted(by_opp):
         og = by_opp[opp]
         r = record(og)
         if r.games == 0:
             continue
-        v = {"opp": the(opp), "contra": the(opp, "contra")}
+        v = _opponent_forms(opp)
         mk.add("confronto", overall, f"Nos jogos registados (épocas {first_season} a {last_season}), o Farense defrontou "
                f"{the(opp)} em {record_text(r)}{record_notes(r)}.", **v)
         played = [g for g in og if g.played]
@@ -454,10 +522,12 @@ _POSITIONS = (("Guarda Redes", "guarda-redes", "o guarda-redes", "os guarda-rede
               ("Avançado", "avançados", "o avançado", "os avançados"))
 
 
-def _squad_examples(mk: _Maker, squads: dict[str, list[Player]]) -> None:
-    full = ("Quem fazia parte do plantel do Farense na época {s}?", "Qual era o plantel do Farense em {s}?",
-            "Que jogadores tinha o Farense na época {s}?")
-    by_pos = ("Quem eram {pl} do Farense na época {s}?", "Que {label} tinha o Farense em {s}?")
+def _squad_facts(mk: _Maker, squads: dict[str, list[Player]]) -> None:
+    full = ("Quem fazia parte do plantel {do_farense} na época {s}?", "Qual era o plantel {do_farense} em {s}?",
+            "Que jogadores tinha {o_farense} na época {s}?", "Quais eram os jogadores {do_farense} em {s}?",
+            "Na época {s}, quem jogava {no_farense}?")
+    by_pos = ("Quem eram {pl} {do_farense} na época {s}?", "Que {label} tinha {o_farense} em {s}?",
+              "Na época {s}, quem eram {pl} {do_farense}?", "Que {label} havia no plantel {do_farense} em {s}?")
     known = {p for p, *_ in _POSITIONS}
     for s, players in squads.items():
         groups = []
@@ -475,9 +545,10 @@ def _squad_examples(mk: _Maker, squads: dict[str, list[Player]]) -> None:
                f"{'; '.join(groups)}.", s=s)
 
 
-def _player_examples(mk: _Maker, squads: dict[str, list[Player]]) -> None:
-    templates = ("Em que épocas jogou {name} no Farense?", "Quando esteve {name} no plantel do Farense?",
-                 "Em que posição jogava {name} no Farense, e em que épocas?")
+def _player_facts(mk: _Maker, squads: dict[str, list[Player]]) -> None:
+    templates = ("Em que épocas jogou {name} {no_farense}?", "Quando esteve {name} no plantel {do_farense}?",
+                 "Em que posição jogava {name} {no_farense}, e em que épocas?",
+                 "Em que épocas passou {name} {pelo_farense}?", "Quais foram as épocas de {name} {no_farense}?")
     by_name: dict[str, list[Player]] = defaultdict(list)
     for players in squads.values():
         for p in players:
@@ -497,35 +568,47 @@ def _player_examples(mk: _Maker, squads: dict[str, list[Player]]) -> None:
         mk.add("jogador", templates, answer, name=name)
 
 
-def _club_examples(mk: _Maker, club: Club, games: list[Game]) -> None:
+def _club_facts(mk: _Maker, club: Club, games: list[Game]) -> None:
     full = "Sporting Clube Farense" if "Sporting Clube Farense" in club.variants else club.name
     facts = [
-        (("Quando foi fundado o Farense?", "Em que ano foi fundado o Sporting Clube Farense?",
-          "Qual é o ano de fundação do SC Farense?"),
+        (("Quando foi fundado {o_farense}?", "Em que ano foi fundado {o_farense}?",
+          "Qual é o ano de fundação {do_farense}?", "Desde quando existe {o_farense}?"),
          f"O {full} ({club.name}) foi fundado em {club.founded}, em {club.city}."),
-        (("De que cidade é o Farense?", "Onde fica o SC Farense?", "Qual é a cidade do Sporting Clube Farense?"),
+        (("De que cidade é {o_farense}?", "Onde fica {o_farense}?", "Qual é a cidade {do_farense}?",
+          "Em que cidade joga {o_farense}?"),
          f"O {full} é um clube de {club.city}, fundado em {club.founded}."),
-        (("Qual é o nome completo do Farense?", "Por que nomes é conhecido o Farense?",
-          "Como também se chama o SC Farense?"),
+        (("Qual é o nome completo {do_farense}?", "Por que nomes é conhecido {o_farense}?",
+          "Como também se chama {o_farense}?", "Que outros nomes tem {o_farense}?"),
          f"O nome completo é {full}; o clube também é conhecido por {join([club.name] + [v for v in club.variants if v != full])}."),
-        (("Onde e quando foi fundado o Farense?", "Fala-me da fundação do Sporting Clube Farense."),
+        (("Onde e quando foi fundado {o_farense}?", "Fala-me da fundação {do_farense}.",
+          "Em que cidade e em que ano foi fundado {o_farense}?", "Quando e onde nasceu {o_farense}?"),
          f"O {full} foi fundado em {club.founded}, na cidade de {club.city}."),
     ]
     played = [g for g in games if g.played]
     seasons = sorted({g.season for g in played})
     total = record(played)
-    facts.append((("Quantos jogos oficiais do Farense estão registados?", "Qual é o registo total do Farense em todos os jogos registados?"),
+    facts.append((("Quantos jogos oficiais {do_farense} estão registados?",
+                   "Qual é o registo total {do_farense} em todos os jogos registados?",
+                   "Quantos jogos, vitórias, empates e derrotas tem {o_farense} no total?",
+                   "Qual é o balanço de todos os jogos registados {do_farense}?"),
                   f"Entre as épocas {season_label(seasons[0])} e {season_label(seasons[-1])}, estão registados "
                   f"{record_text(total)}{record_notes(total)}."))
     euro = [g for g in played if g.competition.startswith(("Taça UEFA", "Liga Europa", "Taça das Taças", "Taça dos Campeões"))]
     if euro:
         comps = sorted({f"{g.competition} (época {season_label(g.season)})" for g in euro})
         games_text = " ".join(f"Em {g.date}: {describe_game(g)}" for g in sorted(euro, key=lambda g: g.date or ""))
-        facts.append((("O Farense já jogou nas competições europeias?", "Em que competição europeia participou o Farense?"),
+        facts.append((("{o_farense} já jogou nas competições europeias?", "Em que competição europeia participou {o_farense}?",
+                       "{o_farense} alguma vez jogou na Europa?", "Que jogos europeus fez {o_farense}?"),
                       f"Nos registos, o Farense disputou a {join(comps)}. {games_text}"))
     scored = [g for g in played if g.goals is not None]
-    for label, sign, qs in (("vitória", 1, ("Qual foi a maior vitória do Farense?", "Qual foi o jogo em que o Farense ganhou por mais golos?")),
-                            ("derrota", -1, ("Qual foi a maior derrota do Farense?", "Qual foi o jogo em que o Farense perdeu por mais golos?"))):
+    for label, sign, qs in (("vitória", 1, ("Qual foi a maior vitória {do_farense}?",
+                                            "Qual foi o jogo em que {o_farense} ganhou por mais golos?",
+                                            "Qual foi a vitória mais folgada {do_farense}?",
+                                            "Qual foi a goleada mais expressiva {do_farense}?")),
+                            ("derrota", -1, ("Qual foi a maior derrota {do_farense}?",
+                                             "Qual foi o jogo em que {o_farense} perdeu por mais golos?",
+                                             "Qual foi a derrota mais pesada {do_farense}?",
+                                             "Qual foi a goleada mais pesada sofrida {pelo_farense}?"))):
         margin = max(sign * (g.goals[0] - g.goals[1]) for g in scored)
         best = [g for g in scored if sign * (g.goals[0] - g.goals[1]) == margin]
         told = [f"{'em ' + g.date if g.date else 'na época ' + season_label(g.season)} ({g.competition}): {describe_game(g)}"
@@ -533,48 +616,62 @@ def _club_examples(mk: _Maker, club: Club, games: list[Game]) -> None:
         answer = (f"Nos jogos registados, a maior {label} do Farense foi por {margin} golos de diferença, "
                   f"{'em ' + str(len(best)) + ' jogos' if len(best) > 1 else 'num jogo'}: " + " ".join(told))
         facts.append((qs, answer))
-    for questions, answer in facts:
-        for q in questions:  # every phrasing: few facts, asked often
-            mk.examples.append(Example("clube", q, answer))
+    for templates, answer in facts:
+        mk.add("clube", templates, answer)
 
 
-def build_examples(sources: Path, seed: int = 0) -> list[Example]:
+def build_facts(sources: Path, seed: int = 0) -> list[Fact]:
     sources = Path(sources)
     games = load_games(sources)
     squads = load_squads(sources)
     club = load_club(sources)
-    mk = _Maker(random.Random(seed))
-    _match_examples(mk, games)
-    _season_examples(mk, games)
-    _head_to_head_examples(mk, games)
-    _squad_examples(mk, squads)
-    _player_examples(mk, squads)
-    _club_examples(mk, club, games)
-    questions = Counter(e.question for e in mk.examples)
+    names = list(dict.fromkeys((club.name,) + club.variants))
+    if len(names) < TRAIN_PHRASINGS:
+        raise SourceError(f"{CLUBS_FILE.name} gives {CLUB_NAME} {len(names)} names; the phrasings need {TRAIN_PHRASINGS}")
+    mk = _Maker(random.Random(seed), tuple(_club_forms(n) for n in names))
+    _match_facts(mk, games)
+    _season_facts(mk, games)
+    _head_to_head_facts(mk, games)
+    _squad_facts(mk, squads)
+    _player_facts(mk, squads)
+    _club_facts(mk, club, games)
+    questions = Counter(q for f in mk.facts for q in f.questions)
     repeated = [q for q, n in questions.items() if n > 1]
     if repeated:
-        raise SourceError(f"{len(repeated)} questions would have two answers, e.g. {repeated[0]!r}")
-    return mk.examples
+        raise SourceError(f"{len(repeated)} questions would be asked twice, maybe with two answers, e.g. {repeated[0]!r}")
+    return mk.facts
 
 
-def split_examples(examples: list[Example], seed: int = 0,
-                   valid_fraction: float = VALID_FRACTION) -> tuple[list[Example], list[Example]]:
-    """A seeded split, stratified by kind so every kind is in both parts; each part shuffled."""
+def split_facts(facts: list[Fact], seed: int = 0,
+                valid_fraction: float = VALID_FRACTION) -> tuple[list[Fact], list[Fact]]:
+    """A seeded split of the facts, stratified by kind so every kind is in both parts. Facts with the same
+    answer (two games alike but for the date) go to the same part, so a held-out answer is never trained."""
     rng = random.Random(seed)
-    train: list[Example] = []
-    valid: list[Example] = []
-    by_kind: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        by_kind[e.kind].append(e)
+    train: list[Fact] = []
+    valid: list[Fact] = []
+    by_kind: dict[str, dict[str, list[Fact]]] = defaultdict(dict)
+    for f in facts:
+        by_kind[f.kind].setdefault(f.answer, []).append(f)
     for kind in sorted(by_kind):
-        items = list(by_kind[kind])
-        rng.shuffle(items)
-        n_valid = round(len(items) * valid_fraction)
-        valid += items[:n_valid]
-        train += items[n_valid:]
-    rng.shuffle(train)
-    rng.shuffle(valid)
+        groups = list(by_kind[kind].values())
+        rng.shuffle(groups)
+        n_valid = round(len(groups) * valid_fraction)
+        valid += [f for g in groups[:n_valid] for f in g]
+        train += [f for g in groups[n_valid:] for f in g]
     return train, valid
+
+
+def phrase(train: list[Fact], valid: list[Fact],
+           seed: int = 0) -> tuple[list[Example], list[Example], list[Example]]:
+    """The lines of train.jsonl (each train fact in its TRAIN_PHRASINGS phrasings), valid.jsonl (each held-out
+    fact in one) and probe_paraphrase.jsonl (each train fact in the phrasing training never sees); each shuffled."""
+    rng = random.Random(seed)
+    parts = ([Example(f.kind, q, f.answer) for f in train for q in f.questions[:TRAIN_PHRASINGS]],
+             [Example(f.kind, f.questions[0], f.answer) for f in valid],
+             [Example(f.kind, f.questions[TRAIN_PHRASINGS], f.answer) for f in train])
+    for part in parts:
+        rng.shuffle(part)
+    return parts
 
 
 def to_jsonl(examples: Iterable[Example]) -> str:
@@ -583,26 +680,30 @@ def to_jsonl(examples: Iterable[Example]) -> str:
 
 @dataclass
 class BuildResult:
-    counts: dict[str, int]       # examples per kind
-    train: int
-    valid: int
+    counts: dict[str, int]       # facts per kind
+    train: int                   # lines: TRAIN_PHRASINGS per train fact
+    valid: int                   # one per held-out fact
+    probe: int                   # one per train fact
     written: list[Path]          # files written (empty when they were already up to date)
 
 
 def build(sources: Path, out: Path, seed: int = 0, force: bool = False,
           write: Callable[[Path, str], None] = None) -> BuildResult:
-    """Build and write ``train.jsonl`` and ``valid.jsonl`` in ``out``. An existing file with other
-    contents is replaced only with ``force``; raises ``FileExistsError`` otherwise."""
+    """Build and write ``train.jsonl``, ``valid.jsonl`` and ``probe_paraphrase.jsonl`` in ``out``. An existing
+    file with other contents is replaced only with ``force``; raises ``FileExistsError`` otherwise."""
+    from .datatools import PARAPHRASE_FILE
+
     if write is None:
         from .config import atomic_write_text as write
-    examples = build_examples(sources, seed)
-    train, valid = split_examples(examples, seed)
-    texts = {Path(out) / "train.jsonl": to_jsonl(train), Path(out) / "valid.jsonl": to_jsonl(valid)}
+    facts = build_facts(sources, seed)
+    train, valid, probe = phrase(*split_facts(facts, seed), seed)
+    texts = {Path(out) / "train.jsonl": to_jsonl(train), Path(out) / "valid.jsonl": to_jsonl(valid),
+             Path(out) / PARAPHRASE_FILE: to_jsonl(probe)}
     stale = {p: t for p, t in texts.items() if not (p.is_file() and p.read_text(encoding="utf-8") == t)}
     clash = [p for p in stale if p.exists()]
     if clash and not force:
         raise FileExistsError(f"{clash[0]} already exists with other contents; pass --force to replace it.")
     for path, text in stale.items():
         write(path, text)
-    return BuildResult(dict(sorted(Counter(e.kind for e in examples).items(), key=lambda kv: KINDS.index(kv[0]))),
-                       len(train), len(valid), list(stale))
+    return BuildResult(dict(sorted(Counter(f.kind for f in facts).items(), key=lambda kv: KINDS.index(kv[0]))),
+                       len(train), len(valid), len(probe), list(stale))
