@@ -27,6 +27,15 @@ def bucket_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def bucket_updates(lengths: list[int], batch_size: int, accumulation: int = 1) -> list[list[list[int]]]:
+    """Updates as lists of micro-batches: a bucket of ``batch_size x accumulation`` similar lengths
+    per update, cut into micro-batches of ``batch_size``. So accumulation changes how much memory
+    an update needs, never which examples it learns from: batch 8 x accumulation 4 trains exactly
+    the updates of batch 32 x 1. The last update may hold fewer or smaller micro-batches."""
+    return [[group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+            for group in bucket_batches(lengths, batch_size * accumulation)]
+
+
 TRAIN_STREAM, VALID_STREAM = 0, 1
 
 
@@ -50,6 +59,9 @@ def padding_efficiency(lengths: list[int], batches: list[list[int]], max_seq_len
     return real / padded if padded else 0.0
 
 
-def updates_per_epoch(n_batches: int, accumulation: int) -> int:
-    """The trailing remainder of micro-batches makes an update of its own."""
-    return math.ceil(n_batches / accumulation)
+def epoch_micro_batches(updates: list[list[list[int]]], seed: int, epoch: int) -> list[tuple[list[int], bool]]:
+    """The epoch's micro-batches in order, each with whether it ends its update."""
+    out = []
+    for u in epoch_order(len(updates), seed, epoch):
+        out += [(mb, i + 1 == len(updates[u])) for i, mb in enumerate(updates[u])]
+    return out

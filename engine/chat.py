@@ -152,20 +152,23 @@ def _unwrap_adapter_layers(model) -> None:
 # ------------------------------------------------------------------ session
 
 
-def prepare_base(model, choice: str) -> str:
-    """Apply ``base_dtype`` to a loaded model (the trainer's rule), keeping a quantized base as it is
-    when a float32 copy would take more than half the memory available now."""
+def prepare_base(model, choice: str, full: bool = False) -> str:
+    """Apply ``base_dtype`` to a loaded model (the trainer's rule; ``full``: for a full fine-tune's
+    weights), keeping a quantized base as it is when a float32 copy would take more than half the
+    memory available now."""
     import psutil
     from mlx.utils import tree_flatten
 
     from .trainer import quantization_of, set_base_dtype
 
     quant = quantization_of(model)
-    if choice == "auto" and quant and mx.default_device().type == mx.cpu:
+    if full and choice == "keep":
+        choice = "auto"  # a full fine-tune's weights replace the base's: they load only into a float copy
+    if choice == "auto" and quant and mx.default_device().type == mx.cpu and not full:
         stored = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
         if stored * 32 / quant["bits"] > psutil.virtual_memory().available / 2:
             choice = "keep"
-    return set_base_dtype(model, choice)
+    return set_base_dtype(model, choice, full)
 
 
 class ChatSession:
@@ -220,7 +223,7 @@ class ChatSession:
             import mlx_lm
 
             self.model, self.tokenizer = mlx_lm.load(self.model_path)
-            prepare_base(self.model, self.base_dtype_choice)
+            self.base_dtype = prepare_base(self.model, self.base_dtype_choice, full=kind == "full")
         else:
             _unwrap_adapter_layers(self.model)
         self.adapter, self._adapter_type = None, ""

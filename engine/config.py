@@ -174,6 +174,26 @@ def _lr_schedule(key, v):
     )
 
 
+EARLY_STOP_METRICS = ("recall", "val_loss")
+
+
+def _early_stop(key, v):
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key} is {_fmt(v)}, but it must be a mapping with metric, patience and min_delta "
+                          f"(or empty to train to the end).", key)
+    for k in v:
+        if k not in ("metric", "patience", "min_delta"):
+            raise ConfigError(f"{key}.{k} is not an early-stop setting; allowed: metric, patience, min_delta.",
+                              f"{key}.{k}")
+    return {
+        "metric": _choice(*EARLY_STOP_METRICS)(f"{key}.metric", v.get("metric", "recall")),
+        "patience": _int(1)(f"{key}.patience", v.get("patience", 3)),
+        "min_delta": _float(0.0)(f"{key}.min_delta", v.get("min_delta", 0.0)),
+    }
+
+
 def _optimizer_config(key, v):
     if not isinstance(v, dict) or not all(isinstance(x, dict) for x in v.values()):
         raise ConfigError(f"{key} is {_fmt(v)}, but it must map an optimizer name to its settings.", key)
@@ -187,8 +207,8 @@ SETTINGS: list[Setting] = [
     Setting("data", "data", "model and data", "Folder with train.jsonl and valid.jsonl.", _text),
     Setting("fine_tune_type", "lora", "model and data", "lora, dora or full.", _choice("lora", "dora", "full")),
     Setting("base_dtype", "auto", "model and data",
-            "Dtype of the frozen base: auto keeps a quantized base quantized on a GPU and "
-            "dequantizes to float32 on a CPU backend.",
+            "Dtype of the base: auto keeps a quantized base quantized on a GPU and dequantizes "
+            "to float32 on a CPU backend and for full fine-tuning.",
             _choice("auto", "float32", "bfloat16", "float16", "keep")),
     Setting("mask_prompt", False, "model and data", "Train only on the assistant's answer.", _bool),
     Setting("max_seq_length", 512, "model and data", "Longer examples are truncated.", _int(8, 131072)),
@@ -201,7 +221,8 @@ SETTINGS: list[Setting] = [
     Setting("iters", None, "training",
             "Optimizer updates to train for (one update = batch_size x grad_accumulation_steps samples).",
             lambda k, v: None if v is None else _int(1)(k, v)),
-    Setting("learning_rate", 1e-4, "training", "Peak learning rate.", _float(0.0, 1.0, strict_min=True)),
+    Setting("learning_rate", 1e-4, "training", "Peak learning rate (0 trains nothing: a baseline).",
+            _float(0.0, 1.0)),
     Setting("optimizer", "adam", "training", "adam, adamw, sgd or adafactor.",
             _choice("adam", "adamw", "sgd", "adafactor")),
     Setting("optimizer_config", {}, "training", "Extra optimizer settings, as in mlx-lm.", _optimizer_config),
@@ -223,6 +244,21 @@ SETTINGS: list[Setting] = [
     Setting("val_batches", 25, "checkpoints", "Validation batches (-1 for the whole set).", _int(1, allow=(-1,))),
     Setting("save_every", 100, "checkpoints", "Updates between checkpoints.", _int(1)),
     Setting("keep_checkpoints", 3, "checkpoints", "Newest periodic checkpoints kept (0 keeps all).", _int(0)),
+    # evaluation: what the model knows, and stopping a run that went wrong
+    Setting("eval_samples", 64, "evaluation",
+            "Recall probe: this many trained questions, and as many paraphrases from probe_paraphrase.jsonl, "
+            "checked at every validation (0: off).", _int(0, 100000)),
+    Setting("best_by", "recall", "evaluation",
+            "What picks the adapter kept in adapters/: recall on the probe, or val_loss.",
+            _choice("recall", "val_loss")),
+    Setting("early_stop", None, "evaluation",
+            "Stop when {metric: recall or val_loss} has not improved by min_delta for patience validations.",
+            _early_stop),
+    Setting("divergence_factor", 3.0, "evaluation",
+            "Stop as diverged when the smoothed loss stays this many times above its lowest value.",
+            _float(1.0, strict_min=True)),
+    Setting("divergence_patience", 10, "evaluation",
+            "Updates the loss may stay that high before the run is stopped as diverged.", _int(1)),
     # memory
     Setting("clear_cache_every", 10, "memory", "Clear MLX's buffer cache every N updates (0: never).", _int(0)),
     Setting("low_memory_gb", 2.0, "memory",
@@ -232,7 +268,7 @@ SETTINGS: list[Setting] = [
 ]
 
 BY_KEY = {s.key: s for s in SETTINGS}
-GROUPS = ["model and data", "training", "lora", "schedule", "checkpoints", "memory"]
+GROUPS = ["model and data", "training", "lora", "schedule", "checkpoints", "evaluation", "memory"]
 
 # mlx_lm.lora keys that make sense there but not in a run of ours: accepted, ignored.
 IGNORED_MLX_LM_KEYS = {
@@ -294,6 +330,12 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a mapping of settings, not a {type(raw).__name__}.")
     return raw
+
+
+def run_settings(run_dir: str | os.PathLike) -> dict:
+    """The settings a run folder's config.yaml holds ({} when it has none); ConfigError when unreadable."""
+    path = Path(run_dir) / "config.yaml"
+    return load_yaml(path) if path.is_file() else {}
 
 
 def load(path: str | os.PathLike) -> dict:

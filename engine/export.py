@@ -47,16 +47,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def run_base_model(run: Path) -> Optional[str]:
     """The ``model`` key of the run's config.yaml, or None when the run does not say."""
-    path = run / "config.yaml"
-    if not path.is_file():
-        return None
-    import yaml
+    from .config import ConfigError, run_settings
 
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ExportError(f"{path} cannot be read ({str(e).splitlines()[0]}); fix it or pass --model.") from None
-    model = config.get("model") if isinstance(config, dict) else None
+        model = run_settings(run).get("model")
+    except ConfigError as e:
+        raise ExportError(f"{e} Or pass --model.") from None
     return str(model) if model else None
 
 

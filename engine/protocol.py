@@ -141,6 +141,35 @@ class Eval(Record):
 
 
 @dataclass
+class Recall(Record):
+    """Teacher-forced recall on the probe at a validation: the share of answers greedy decoding
+    would reproduce exactly (every answer token the argmax), and of answer tokens that are."""
+
+    type: ClassVar[str] = "recall"
+    step: int
+    epoch: int
+    recall: float
+    token_accuracy: float
+    samples: int
+    eval_time: float = 0.0
+    trained: Optional[float] = None     # recall on the trained questions of the probe
+    paraphrase: Optional[float] = None  # recall on the same facts asked in unseen phrasings
+    best_recall: float = 0.0
+    is_best: bool = False  # this update's adapter went to adapters/ (best_by: recall)
+
+
+@dataclass
+class Advice(Record):
+    """Something the user should know about how training goes: plateau, overfitting, diverged,
+    too_short. Shown, never acted on by itself."""
+
+    type: ClassVar[str] = "advice"
+    code: str
+    message: str
+    step: int = 0
+
+
+@dataclass
 class Checkpoint(Record):
     type: ClassVar[str] = "checkpoint"
     step: int
@@ -184,10 +213,11 @@ class State(Record):
 @dataclass
 class Done(Record):
     type: ClassVar[str] = "done"
-    status: str  # completed, stopped, memory_guard, failed
+    status: str  # completed, early_stopped, stopped, memory_guard, diverged, failed
     summary: dict = field(default_factory=dict)
 
-    STATUSES: ClassVar[tuple] = ("completed", "stopped", "memory_guard", "failed")
+    STATUSES: ClassVar[tuple] = ("completed", "early_stopped", "stopped", "memory_guard", "diverged", "failed")
+    FINISHED: ClassVar[tuple] = ("completed", "early_stopped")  # the run is over: nothing to resume
 
 
 @dataclass
@@ -266,6 +296,27 @@ class ReplyDone(Record):
     cached_tokens: int = 0  # leading prompt tokens reused from the previous reply's KV cache
 
 
+# Evaluation of answers
+
+
+@dataclass
+class EvaluateProgress(Record):
+    type: ClassVar[str] = "evaluate_progress"
+    done: int
+    total: int
+    probe: str = ""
+    system: str = ""  # base or adapter
+
+
+@dataclass
+class EvaluateDone(Record):
+    """The evaluation's report (the content of eval.json) and where it was written."""
+
+    type: ClassVar[str] = "evaluate_done"
+    report: dict
+    path: str = ""
+
+
 # ----------------------------------------------------------------- commands
 
 
@@ -338,6 +389,19 @@ class Chat(Record):
 
 
 @dataclass
+class Evaluate(Record):
+    """Ask the loaded chat model (and adapter) the questions of a probe, greedily, and score the
+    answers; with ``base`` also the bare base, side by side."""
+
+    type: ClassVar[str] = "evaluate"
+    probe: str = "recall"  # recall, paraphrase, heldout, or a JSONL file
+    n: int = 64
+    data: str = "data"
+    base: bool = True
+    out: str = ""  # a folder for eval.json ("" : the adapter's run folder, if any)
+
+
+@dataclass
 class Cancel(Record):
     type: ClassVar[str] = "cancel"
     id: str = ""
@@ -351,15 +415,16 @@ class ChatReset(Record):
 EVENTS: dict[str, type] = {
     c.type: c
     for c in (
-        Hello, Config, Data, Model, Step, Eval, Checkpoint, MemoryEvent, Warning, Error,
+        Hello, Config, Data, Model, Step, Eval, Recall, Advice, Checkpoint, MemoryEvent, Warning, Error,
         State, Done, Log, Check, ProbeResult, PreflightDone, ChatLoaded, Token, ReplyDone,
+        EvaluateProgress, EvaluateDone,
     )
 }
 COMMANDS: dict[str, type] = {
     c.type: c
     for c in (
         Train, Pause, Resume, Stop, Shutdown, Preflight, ChatLoad, ChatAdapter, Chat, Cancel,
-        ChatReset,
+        ChatReset, Evaluate,
     )
 }
 

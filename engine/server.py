@@ -150,7 +150,7 @@ def take_protocol_stream() -> TextIO:
 def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
     # handlers register themselves on import; one that fails to import leaves the others working
     broken = []
-    for name in ("trainer", "preflight", "chat"):
+    for name in ("trainer", "preflight", "chat", "evaluate"):
         try:
             importlib.import_module(f"{__package__}.{name}")
         except Exception as e:  # noqa: BLE001

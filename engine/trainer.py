@@ -1,15 +1,24 @@
 """LoRA / DoRA / full fine-tuning with exact resume, on mlx-lm's model code, layers and datasets.
 
-One update = ``grad_accumulation_steps`` micro-batches of ``batch_size`` samples. The gradient
-of an update is the token-weighted mean over all its micro-batches (sum of per-token losses,
-divided by the update's loss-bearing tokens), so batch 4 x accumulation 1 and batch 1 x
-accumulation 4 give the same update. A trailing remainder of micro-batches at an epoch's end
-is an update of its own, never dropped. Every update is evaluated before the next starts.
+One update = ``grad_accumulation_steps`` micro-batches of ``batch_size`` samples, cut from one
+length bucket of ``batch_size x grad_accumulation_steps`` examples (``batching.bucket_updates``).
+The gradient of an update is the token-weighted mean over all its micro-batches (sum of per-token
+losses, divided by the update's loss-bearing tokens), so batch 32 x accumulation 1 and batch 8 x
+accumulation 4 train the same updates on the same examples, with a quarter of the memory. The
+epoch's last, smaller bucket is an update of its own, never dropped. Every update is evaluated
+before the next starts.
 
 Checkpoints hold everything resume needs: adapter, optimizer state, update count, epoch,
-position in the epoch's batch order, MLX's RNG key and the best validation loss so far. They
-are written into a temporary folder and renamed into place, so a kill mid-write leaves the
-previous one intact.
+position in the epoch's batch order, MLX's RNG key, and the state of the run's judges (the best
+adapter so far, early stopping, the divergence guard). They are written into a temporary folder
+and renamed into place, so a kill mid-write leaves the previous one intact; a model whose weights
+are no longer finite is never written.
+
+At every validation, besides the validation loss, one forward pass over the probe (trained
+questions and their paraphrases, ``engine.probe``) gives teacher-forced recall: what share of
+answers greedy decoding would reproduce exactly. ``best_by`` picks the adapter kept in
+``adapters/`` by it (or by validation loss), ``early_stop`` ends a run that stopped improving, and
+``engine.health`` stops a diverging one, removing the checkpoints written while it diverged.
 """
 
 from __future__ import annotations
@@ -35,8 +44,10 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import batching
 from . import config as C
+from . import probe as probes
 from . import protocol as P
 from .datatools import length_stats, sample_format
+from .health import DivergenceGuard, Progress, Validation
 from .models import ModelNotFoundError, locate_model, resolve_model
 from .schedule import learning_rate_at
 from .server import Context, handles
@@ -45,7 +56,7 @@ CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "state.json"
 METRIC_FIELDS = [
     "step", "epoch", "loss", "learning_rate", "tokens", "trained_tokens", "tokens_per_second",
-    "iterations_per_second", "elapsed", "val_loss", "mlx_active", "mlx_peak", "rss",
+    "iterations_per_second", "elapsed", "val_loss", "recall", "token_accuracy", "mlx_active", "mlx_peak", "rss",
     "system_available",
 ]
 GB = 1024 ** 3
@@ -53,6 +64,14 @@ GB = 1024 ** 3
 
 class TrainingError(Exception):
     """A problem with the user's inputs, reported as one sentence."""
+
+
+class Diverged(Exception):
+    """The run diverged; the message says what happened, ``first_bad`` since which update."""
+
+    def __init__(self, message: str, first_bad: Optional[int] = None):
+        super().__init__(message)
+        self.first_bad = first_bad
 
 
 # ------------------------------------------------------------------ helpers
@@ -246,12 +265,18 @@ def quantization_of(model) -> Optional[dict]:
     return None
 
 
-def set_base_dtype(model, choice: str) -> str:
-    """Apply base_dtype; return the dtype the frozen base computes in."""
+def set_base_dtype(model, choice: str, full: bool = False) -> str:
+    """Apply base_dtype; return the dtype the base computes in. Full fine-tuning trains the base's
+    own weights, which a quantized base cannot do: ``auto`` then trains a float32 copy."""
     from mlx_lm.utils import dequantize_model
 
     quantized = quantization_of(model) is not None
     on_cpu = mx.default_device().type == mx.cpu
+    if full and quantized and choice == "keep":
+        raise TrainingError("fine_tune_type full trains the base's own weights, which a quantized base cannot do; "
+                            "set base_dtype to auto, float32 or bfloat16.")
+    if choice == "auto" and full:
+        choice = "float32"
     if choice == "keep" or (choice == "auto" and not on_cpu):
         return f"{quantization_of(model)['bits']}-bit" if quantized else _float_dtype(model)
     target = {"auto": mx.float32, "float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[choice]
@@ -338,7 +363,8 @@ class Position:
     trained_tokens: int = 0
     elapsed: float = 0.0     # training seconds over all sessions
     best_val_loss: float = math.inf
-    best_step: int = 0
+    best_step: int = 0       # the update whose adapter is in adapters/
+    best_recall: Optional[float] = None
 
 
 # ------------------------------------------------------------------ the run
@@ -354,6 +380,7 @@ class Run:
     status: str = ""
     train_rows: list = field(default_factory=list)
     eval_rows: list = field(default_factory=list)
+    recall_rows: list = field(default_factory=list)
     last_saved_update: int = -1
 
     # ---- setup
@@ -376,7 +403,7 @@ class Run:
         tic = time.perf_counter()
         self.model, self.tokenizer = load_model(self.model_name)
         stored_quant = quantization_of(self.model)
-        self.base_dtype = set_base_dtype(self.model, cfg["base_dtype"])
+        self.base_dtype = set_base_dtype(self.model, cfg["base_dtype"], cfg["fine_tune_type"] == "full")
         mx.random.seed(cfg["seed"])
         apply_fine_tune_type(self.model, cfg)
         mx.eval(self.model.parameters())
@@ -399,9 +426,10 @@ class Run:
                 self.ctx.warn(f"{empty} training examples have no answer tokens left after truncation at "
                               f"max_seq_length {cfg['max_seq_length']}; raise max_seq_length.")
         self.pad_multiple = pad_multiple()
-        self.batches = batching.bucket_batches(self.train.lengths, cfg["batch_size"])
+        self.updates = batching.bucket_updates(self.train.lengths, cfg["batch_size"], cfg["grad_accumulation_steps"])
+        self.batches = [mb for update in self.updates for mb in update]
         self.valid_batches = batching.bucket_batches(self.valid.lengths, cfg["batch_size"])
-        self.updates_per_epoch = batching.updates_per_epoch(len(self.batches), cfg["grad_accumulation_steps"])
+        self.updates_per_epoch = len(self.updates)
         if cfg["iters"] is not None:
             self.total_updates = int(cfg["iters"])
         else:
@@ -420,6 +448,7 @@ class Run:
                 self.train.lengths, self.batches, cfg["max_seq_length"], self.pad_multiple), 4),
         ))
 
+        self.prepare_probe(data_dir, train_rows)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.init(self.model.trainable_parameters())
         self.value_and_grad = nn.value_and_grad(self.model, summed_loss)
@@ -428,6 +457,36 @@ class Run:
 
             grad_checkpoint(self.model.layers[0])
         self.adapter_config = adapter_config(cfg, self.model_name)
+        self.guard = DivergenceGuard(cfg["divergence_factor"], cfg["divergence_patience"])
+        self.progress = Progress(self.best_by, cfg["early_stop"])
+
+    def prepare_probe(self, data_dir: Path, train_rows: list[dict]) -> None:
+        """``eval_samples`` trained questions and as many paraphrases (when the data folder has
+        probe_paraphrase.jsonl), tokenized once."""
+        cfg, n = self.cfg, self.cfg["eval_samples"]
+        self.probe_items: list[probes.ProbeItem] = []
+        self.probe_groups: list[str] = []
+        if n and probes.question_answer(train_rows[0]) is not None:
+            groups = [("trained", probes.sample_rows(train_rows, n, cfg["seed"]))]
+            paraphrases = probes.probe_path(data_dir, "paraphrase")
+            if paraphrases.is_file():
+                try:
+                    groups.append(("paraphrase", probes.sample_rows(probes.read_rows(paraphrases), n, cfg["seed"])))
+                except probes.ProbeError as e:
+                    self.ctx.warn(f"{e} Recall is measured on the trained questions only.", code="probe")
+            for group, rows in groups:
+                items = probes.tokenize(rows, self.tokenizer)
+                self.probe_items += items
+                self.probe_groups += [group] * len(items)
+        self.best_by = cfg["best_by"]
+        if self.best_by == "recall" and not self.probe_items:
+            why = "eval_samples is 0" if not n else "the training data has no answers to recall (text format)"
+            self.ctx.warn(f"best_by is recall but {why}: the adapter with the best validation loss is kept instead.",
+                          code="probe")
+            self.best_by = "val_loss"
+        if cfg["early_stop"] and cfg["early_stop"]["metric"] == "recall" and not self.probe_items:
+            raise TrainingError("early_stop uses recall, but there is no recall probe (eval_samples is 0 or the data "
+                                "is text); set early_stop.metric to val_loss or eval_samples above 0.")
 
     # ---- resume
     def restore(self) -> Optional[Path]:
@@ -446,8 +505,12 @@ class Run:
             update=state["update"], epoch=state["epoch"], batch=state["batch"],
             trained_tokens=state["trained_tokens"], elapsed=state["elapsed"],
             best_val_loss=state["best_val_loss"] if state["best_val_loss"] is not None else math.inf,
-            best_step=state["best_step"],
+            best_step=state["best_step"], best_recall=state.get("best_recall"),
         )
+        if "progress" in state:  # checkpoints of earlier versions hold no judges: they start afresh
+            self.progress = Progress(self.best_by, self.cfg["early_stop"], state["progress"])
+            self.guard = DivergenceGuard(self.cfg["divergence_factor"], self.cfg["divergence_patience"],
+                                         state["guard"])
         self._load_metrics_until(self.pos.update)
         return path
 
@@ -465,6 +528,9 @@ class Run:
                 self.train_rows.append(row)
             if row.get("val_loss") is not None:
                 self.eval_rows.append({"step": row["step"], "epoch": row["epoch"], "val_loss": row["val_loss"]})
+            if row.get("recall") is not None:
+                self.recall_rows.append({"step": row["step"], "epoch": row["epoch"], "recall": row["recall"],
+                                         "token_accuracy": row["token_accuracy"]})
         self._rewrite_metrics_csv()
 
     # ---- files
@@ -473,8 +539,8 @@ class Run:
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
         w.writeheader()
         by_step = {r["step"]: dict(r) for r in self.train_rows}
-        for e in self.eval_rows:
-            by_step.setdefault(e["step"], {"step": e["step"], "epoch": e["epoch"]})["val_loss"] = e["val_loss"]
+        for e in self.eval_rows + self.recall_rows:
+            by_step.setdefault(e["step"], {"step": e["step"], "epoch": e["epoch"]}).update(e)
         for step in sorted(by_step):
             w.writerow(by_step[step])
         C.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
@@ -490,12 +556,19 @@ class Run:
 
     def _write_metrics_json(self) -> None:
         C.atomic_write_text(self.run_dir / "training_metrics.json",
-                            json.dumps({"train": self.train_rows, "eval": self.eval_rows}, indent=1))
+                            json.dumps({"train": self.train_rows, "eval": self.eval_rows, "recall": self.recall_rows},
+                                       indent=1))
 
     def trainable_weights(self) -> dict:
         return dict(tree_flatten(self.model.trainable_parameters()))
 
+    def weights_finite(self) -> bool:
+        return all(bool(mx.all(mx.isfinite(w)).item()) for w in self.trainable_weights().values())
+
     def save_checkpoint(self, reason: str) -> Path:
+        if not self.weights_finite():  # never leave a broken model as the newest checkpoint
+            raise Diverged(f"the weights stopped being finite by update {self.pos.update}",
+                           self.guard.first_bad if self.guard.streak else None)
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{CHECKPOINT_PREFIX}{self.pos.update:06d}"
@@ -512,8 +585,9 @@ class Run:
             "complete": True, "update": p.update, "epoch": p.epoch, "batch": p.batch,
             "trained_tokens": p.trained_tokens, "elapsed": p.elapsed,
             "best_val_loss": None if math.isinf(p.best_val_loss) else p.best_val_loss,
-            "best_step": p.best_step, "total_updates": self.total_updates, "reason": reason,
-            "seed": self.cfg["seed"], "saved_at": time.time(),
+            "best_step": p.best_step, "best_recall": p.best_recall, "total_updates": self.total_updates,
+            "reason": reason, "seed": self.cfg["seed"], "saved_at": time.time(),
+            "progress": self.progress.state(), "guard": self.guard.state(),
         }
         with open(tmp / STATE_FILE, "w") as f:  # written last: marks the checkpoint complete
             json.dump(state, f, indent=2)
@@ -564,12 +638,12 @@ class Run:
 
     # ---- the loop
     def micro_batches(self):
-        """(epoch, batch position, indices) from the current position onwards, forever."""
+        """(epoch, batch position, indices, ends its update) from the current position onwards, forever."""
         epoch, b = self.pos.epoch, self.pos.batch
         while True:
-            order = batching.epoch_order(len(self.batches), self.cfg["seed"], epoch)
+            order = batching.epoch_micro_batches(self.updates, self.cfg["seed"], epoch)
             while b < len(order):
-                yield epoch, b, self.batches[order[b]]
+                yield epoch, b, *order[b]
                 b += 1
             epoch, b = epoch + 1, 0
 
@@ -620,9 +694,29 @@ class Run:
         self.step = compiled_step(self.model, self.optimizer, self.value_and_grad)
 
     def loop(self) -> str:
+        try:
+            return self._loop()
+        except Diverged as e:
+            return self.diverged(str(e), e.first_bad)
+
+    def diverged(self, why: str, first_bad: Optional[int]) -> str:
+        """Remove the checkpoints written while the run diverged; say what to change. The loss of update
+        ``first_bad`` is computed with the weights after update ``first_bad - 1``: those went wrong."""
+        if first_bad is not None:
+            for path in list_checkpoints(self.run_dir):
+                if int(path.name[len(CHECKPOINT_PREFIX):]) >= first_bad - 1:
+                    shutil.rmtree(path, ignore_errors=True)
+        newest = newest_checkpoint(self.run_dir)
+        then = (f"the newest checkpoint, {newest[0].name}, is from before it: resume from it with the changed "
+                f"config, or start again" if newest else "start again")
+        self.ctx.emit(P.Advice(code="diverged", step=self.pos.update, message=(
+            f"Training diverged: {why}. Lower learning_rate (the rate was {float(self.optimizer.learning_rate):.3g} "
+            f"when it did) or raise warmup_steps (now {self.cfg['warmup_steps']}); {then}.")))
+        return "diverged"
+
+    def _loop(self) -> str:
         self.compile_steps()
         cfg = self.cfg
-        accum = cfg["grad_accumulation_steps"]
         window: deque = deque(maxlen=10)
         session_start_elapsed = self.pos.elapsed
         session_updates = 0
@@ -638,10 +732,9 @@ class Run:
             self.optimizer.learning_rate = lr
             grads, loss_sum, ntoks = None, None, None
             epoch = self.pos.epoch
-            # the micro-batches of this update: accum of them, fewer at the epoch's end
-            for n_micro in range(accum):
-                _, b, idx = next(stream)
-                last = n_micro + 1 == accum or b + 1 == len(self.batches)
+            # the micro-batches of this update (fewer in the epoch's last)
+            while True:
+                _, b, idx, last = next(stream)
                 inputs, targets, mask = make_batch(self.train, idx, cfg["max_seq_length"], self.pad_multiple)
                 loss_sum, ntoks, grads = self.step(inputs, targets, mask, loss_sum, ntoks, grads, last)
                 self.pos.batch = b + 1
@@ -681,33 +774,76 @@ class Run:
                    "iterations_per_second": step.iterations_per_second, "elapsed": self.pos.elapsed,
                    "mlx_active": mem.mlx_active, "mlx_peak": mem.mlx_peak, "rss": mem.rss,
                    "system_available": mem.system_available}
-            if not math.isfinite(loss):
-                raise TrainingError(f"The loss became {loss} at update {update}; lower learning_rate "
-                                    f"(now {cfg['learning_rate']}) and resume from the last checkpoint.")
+            if (why := self.guard.update(update, loss)) is not None:
+                self.train_rows.append(row)
+                self._append_metrics(row)
+                raise Diverged(why, self.guard.first_bad)
+            stop = None
             if update % cfg["steps_per_eval"] == 0 or update == self.total_updates:
-                self.run_eval(epoch + 1, row)
-            self.train_rows.append({k: row[k] for k in row if k != "val_loss"})
+                stop = self.run_eval(epoch + 1, row)
+            self.train_rows.append({k: row[k] for k in row if k not in ("val_loss", "recall", "token_accuracy")})
             self._append_metrics(row)
-            if update % cfg["save_every"] == 0 or epoch_done:
+            if update % cfg["save_every"] == 0 or epoch_done or stop:
                 self.save_checkpoint("epoch_end" if epoch_done else "periodic")
+            if stop:
+                self.ctx.emit(P.Advice(code="early_stop", step=update, message=(
+                    f"Stopping early at update {update}: {stop}. The best adapter (update {self.pos.best_step}) is "
+                    f"in adapters/.")))
+                return "early_stopped"
             if (why := self.check_memory(mem)) is not None:
                 return why
         return "completed"
 
-    def run_eval(self, epoch: int, row: dict) -> None:
+    def measure_recall(self) -> Optional[tuple[probes.Recall, dict]]:
+        """Teacher-forced recall over the probe, and per group (trained, paraphrase)."""
+        if not self.probe_items:
+            return None
+        self.model.eval()
+        result = probes.teacher_forced(self.model, self.probe_items, self.cfg["batch_size"])
+        self.model.train()
+        parts = {}
+        for group in ("trained", "paraphrase"):
+            hits = [ok for ok, g in zip(result.exact, self.probe_groups) if g == group]
+            parts[group] = sum(hits) / len(hits) if hits else None
+        return result, parts
+
+    def run_eval(self, epoch: int, row: dict) -> Optional[str]:
+        """Validation loss and recall; keep the best adapter; advise. Returns why to stop early, if so."""
         tic = time.perf_counter()
         val_loss = self.evaluate()
-        if val_loss is None:
-            return
-        is_best = val_loss < self.pos.best_val_loss
-        if is_best:
-            self.pos.best_val_loss, self.pos.best_step = val_loss, self.pos.update
+        val_time = time.perf_counter() - tic
+        tic = time.perf_counter()
+        measured = self.measure_recall()
+        recall_time = time.perf_counter() - tic
+        if val_loss is None and measured is None:
+            return None
+        step = self.pos.update
+        rec = measured[0] if measured else None
+        verdict = self.progress.update(Validation(step, val_loss, rec.recall if rec else None,
+                                                  rec.token_accuracy if rec else None))
+        if verdict.is_best:
+            self.pos.best_step = step
             save_adapter(self.run_dir / "adapters", self.trainable_weights(), self.adapter_config)
-        row["val_loss"] = val_loss
-        self.eval_rows.append({"step": self.pos.update, "epoch": epoch, "val_loss": val_loss})
-        self.ctx.emit(P.Eval(step=self.pos.update, epoch=epoch, val_loss=val_loss,
-                             val_time=time.perf_counter() - tic, best_val_loss=self.pos.best_val_loss,
-                             is_best=is_best))
+        if val_loss is not None:
+            val_best = val_loss < self.pos.best_val_loss
+            self.pos.best_val_loss = min(self.pos.best_val_loss, val_loss)
+            row["val_loss"] = val_loss
+            self.eval_rows.append({"step": step, "epoch": epoch, "val_loss": val_loss})
+            self.ctx.emit(P.Eval(step=step, epoch=epoch, val_loss=val_loss, val_time=val_time,
+                                 best_val_loss=self.pos.best_val_loss, is_best=val_best))
+        if rec is not None:
+            self.pos.best_recall = max(self.pos.best_recall or 0.0, rec.recall)
+            row["recall"], row["token_accuracy"] = rec.recall, rec.token_accuracy
+            self.recall_rows.append({"step": step, "epoch": epoch, "recall": rec.recall,
+                                     "token_accuracy": rec.token_accuracy})
+            parts = measured[1]
+            self.ctx.emit(P.Recall(step=step, epoch=epoch, recall=rec.recall, token_accuracy=rec.token_accuracy,
+                                   samples=len(rec.exact), eval_time=recall_time, trained=parts["trained"],
+                                   paraphrase=parts["paraphrase"], best_recall=self.pos.best_recall,
+                                   is_best=verdict.is_best and self.best_by == "recall"))
+        for code, message in verdict.advice:
+            self.ctx.emit(P.Advice(code=code, message=message, step=step))
+        return verdict.stop
 
     def summary(self, status: str) -> dict:
         p = self.pos
@@ -718,17 +854,23 @@ class Run:
             "tokens_per_second": (p.trained_tokens / p.elapsed) if p.elapsed else 0.0,
             "final_loss": self.train_rows[-1]["loss"] if self.train_rows else None,
             "best_val_loss": None if math.isinf(p.best_val_loss) else p.best_val_loss,
+            "best_recall": p.best_recall, "best_by": self.best_by,
             "best_step": p.best_step, "peak_memory": int(mx.get_peak_memory()),
             "adapters": str(self.run_dir / "adapters"), "final": str(self.run_dir / "final"),
         }
 
     def finish(self, status: str) -> dict:
-        if status == "completed":
+        if status in P.Done.FINISHED:
             save_adapter(self.run_dir / "final", self.trainable_weights(), self.adapter_config)
             if not (self.run_dir / "adapters" / "adapters.safetensors").exists():
+                self.pos.best_step = self.pos.update
                 save_adapter(self.run_dir / "adapters", self.trainable_weights(), self.adapter_config)
-        if self.last_saved_update != self.pos.update:
-            self.save_checkpoint({"completed": "final", "memory_guard": "memory_guard"}.get(status, "stop"))
+        if status != "diverged" and self.last_saved_update != self.pos.update:
+            try:
+                self.save_checkpoint({"completed": "final", "early_stopped": "final",
+                                      "memory_guard": "memory_guard"}.get(status, "stop"))
+            except Diverged as e:
+                status = self.diverged(str(e), None)
         summary = self.summary(status)
         C.atomic_write_text(self.run_dir / "training_summary.json", json.dumps(summary, indent=2))
         self._write_metrics_json()
@@ -783,7 +925,7 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         if status == "stop":
             status = "stopped"
         summary = run.finish(status)
-        done = P.Done(status=status, summary=summary)
+        done = P.Done(status=summary["status"], summary=summary)
     except (TrainingError, C.ConfigError) as e:
         ctx.emit(P.Error(message=str(e), code="input"))
         done = P.Done(status="failed", summary={"error": str(e)})

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "chat": ("farense_tui.commands.chat", "chat with a model and adapter (one-shot with --prompt)"),
     "data": ("engine.datatools", "build the Farense data set; check, split and measure JSONL files"),
     "model": ("engine.models", "install the default model; import a GGUF file"),
+    "eval": ("engine.evaluate", "ask a model (and adapter) the data's questions; score what it knows"),
     "export": ("engine.export", "export a run's adapter, or fuse it into a standalone model"),
 }
 

@@ -19,7 +19,8 @@ from engine import protocol as P
 GB = 1024**3
 SERIES_CAPACITY = 4096  # points kept per series; a longer run is thinned, keeping extremes
 RESUMABLE_CHECKPOINTS = ("periodic", "epoch_end", "stop", "memory_guard")  # not best/final: adapters only
-SERIES = ("loss", "val_loss", "learning_rate", "tokens_per_second", "mlx_active", "mlx_peak", "rss")
+SERIES = ("loss", "val_loss", "learning_rate", "tokens_per_second", "mlx_active", "mlx_peak", "rss",
+          "recall", "recall_trained", "recall_paraphrase", "token_accuracy")
 
 
 class RunError(ValueError):
@@ -93,6 +94,8 @@ class Snapshot:
     checkpoints: list
     warnings: list
     done: Optional[P.Done]
+    last_recall: Optional[P.Recall] = None
+    advice: list = field(default_factory=list)  # the advice events, oldest first
     series: dict = field(default_factory=dict)  # name -> (xs, ys)
 
     @property
@@ -117,6 +120,8 @@ class RunHistory:
         self.memory: Optional[P.Memory] = None
         self.best_val_loss: Optional[float] = None
         self.last_val_loss: Optional[float] = None
+        self.last_recall: Optional[P.Recall] = None
+        self.advice: list[P.Advice] = []
         self.checkpoints: list[P.Checkpoint] = []
         self.warnings: list[str] = []
         self.errors: list[str] = []
@@ -148,6 +153,16 @@ class RunHistory:
                 self.last_val_loss = event.val_loss
                 self.best_val_loss = event.best_val_loss
                 self.series["val_loss"].add(event.step, event.val_loss)
+            elif isinstance(event, P.Recall):
+                self.last_recall = event
+                self.series["recall"].add(event.step, event.recall)
+                self.series["token_accuracy"].add(event.step, event.token_accuracy)
+                if event.trained is not None:
+                    self.series["recall_trained"].add(event.step, event.trained)
+                if event.paraphrase is not None:
+                    self.series["recall_paraphrase"].add(event.step, event.paraphrase)
+            elif isinstance(event, P.Advice):
+                self.advice.append(event)
             elif isinstance(event, P.Checkpoint):
                 self.checkpoints.append(event)
             elif isinstance(event, P.Warning):
@@ -174,6 +189,7 @@ class RunHistory:
                 data=self.data, model=self.model, last_step=self.last_step, memory=self.memory,
                 best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
                 checkpoints=list(self.checkpoints), warnings=list(self.warnings), done=self.done,
+                last_recall=self.last_recall, advice=list(self.advice),
                 series={name: (list(s.xs), list(s.ys)) for name, s in self.series.items()},
             )
 
@@ -226,10 +242,11 @@ class RunInfo:
 
     name: str
     path: Path
-    status: str  # completed, stopped, memory_guard, failed, or "unfinished"
+    status: str  # a done status (protocol.Done.STATUSES), or "unfinished"
     step: int = 0
     total_steps: int = 0
     best_val_loss: Optional[float] = None
+    best_recall: Optional[float] = None
     last_checkpoint: Optional[str] = None
 
     @property
@@ -239,7 +256,7 @@ class RunInfo:
 
     @property
     def resumable(self) -> bool:
-        return self.last_checkpoint is not None and self.status != "completed"
+        return self.last_checkpoint is not None and self.status not in P.Done.FINISHED
 
 
 def summarize_run(path: Path) -> RunInfo:
@@ -253,6 +270,8 @@ def summarize_run(path: Path) -> RunInfo:
             info.step, info.total_steps = e.step, e.total_steps
         elif isinstance(e, P.Eval):
             info.best_val_loss = e.best_val_loss
+        elif isinstance(e, P.Recall):
+            info.best_recall = e.best_recall
         elif isinstance(e, P.Checkpoint) and e.reason in RESUMABLE_CHECKPOINTS:
             info.last_checkpoint = e.path
         elif isinstance(e, P.Done):

@@ -413,3 +413,23 @@ def test_switching_adapter_or_a_new_prompt_drops_what_does_not_match(tiny_model,
     # a prompt that shares only the template's start reuses just that much
     other = session.reply("Outra pergunta", ReplySettings(max_tokens=4, keep_history=False, **GREEDY))
     assert other.cached_tokens < len(session.encode([{"role": "user", "content": "Outra pergunta"}]))
+
+
+def test_a_full_fine_tune_loads_into_a_base_kept_quantized(tiny_quantized_model, tiny_data, tmp_path):
+    """A full fine-tune trains a float copy of a 4-bit base; chat with the base kept 4-bit (as on a GPU)
+    must load its weights into a float copy too, not fail on packed shapes."""
+    from enginetools import base_config, train_in_process
+
+    run = tmp_path / "run"
+    done, _ = train_in_process(base_config(tiny_quantized_model, tiny_data, fine_tune_type="full", num_layers=-1,
+                                           iters=2, eval_samples=0, best_by="val_loss"), run)
+    assert done.status == "completed"
+    kept = ChatSession.load(str(tiny_quantized_model), base_dtype="keep")
+    assert kept.base_dtype == "4-bit"
+    kept.set_adapter(str(run / "final"))
+    assert kept.base_dtype == "float32"
+    fresh = ChatSession.load(str(tiny_quantized_model), str(run / "final"), base_dtype="auto")
+    tokens = kept.encode([{"role": "user", "content": "O Farense venceu?"}])
+    assert mx.allclose(logits(kept.model, tokens), logits(fresh.model, tokens), atol=1e-4).item()
+    kept.set_adapter(None)  # back to the stored base
+    assert kept.adapter is None

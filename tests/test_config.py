@@ -18,7 +18,7 @@ def test_defaults_fill_every_key():
     ({"batch_size": 0}, "batch_size is 0, but it must be between 1 and 4096."),
     ({"batch_size": 2.5}, "batch_size is 2.5, but it must be a whole number."),
     ({"batch_size": True}, "batch_size is True, but it must be a whole number."),
-    ({"learning_rate": -1}, "learning_rate is -1, but it must be greater than 0.0 and at most 1.0."),
+    ({"learning_rate": -1}, "learning_rate is -1, but it must be at least 0.0 and at most 1.0."),
     ({"learning_rate": "fast"}, "learning_rate is 'fast', but it must be a number."),
     ({"fine_tune_type": "qlora"}, "fine_tune_type is 'qlora', but it must be one of: lora, dora, full."),
     ({"base_dtype": "int8"}, "base_dtype is 'int8', but it must be one of: auto, float32, bfloat16, float16, keep."),

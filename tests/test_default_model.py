@@ -60,6 +60,27 @@ def test_default_model_answers_paris(installed):
     assert "Paris" in answer, answer
 
 
+def test_eval_asks_the_default_model_the_training_questions(installed, home, tmp_path):
+    """``farense-tui eval`` on the bare default model (no adapter), four trained questions: it knows none."""
+    import json
+
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.evaluate", "--model", "default", "--data", str(ROOT / "data"),
+         "--probe", "recall", "--n", "4", "--json", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, env={**engine_env(), "FARENSE_TUI_HOME": str(home)}, timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == str(installed) and report["adapter"] is None
+    probe = report["probes"][0]
+    assert probe["probe"] == "recall" and probe["n"] == 4 and probe["source"].endswith("train.jsonl")
+    base = probe["systems"]["base"]
+    assert base["all"]["facts"] == 0.0 and len(base["wrong"]) == 4
+    assert all(w["kind"] in ("jogo", "epoca", "competicao", "confronto", "plantel", "jogador", "clube")
+               and w["got"] for w in base["wrong"])
+    assert json.loads(out.read_text()) == report
+
+
 def test_second_run_prints_the_path_at_once(installed, home):
     # a pip call would fail: no index and no links
     start = time.monotonic()

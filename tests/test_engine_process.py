@@ -110,7 +110,7 @@ def test_headless_train_cli_plain_output_and_exit_codes(tiny_model, tiny_data, t
     r = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--config", str(cfg_file),
                         "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "update 2/4" in r.stdout and "update 4/4" in r.stdout and "best adapter:" in r.stdout
+    assert "update 2/4" in r.stdout and "update 4/4" in r.stdout and "best adapter (by " in r.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: x\nbatch_size: 0\n")
     r = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--config", str(bad),

@@ -72,5 +72,22 @@ def test_bucketing_beats_random_batches_on_padding():
 
 
 def test_remainder_micro_batches_make_an_update():
-    assert batching.updates_per_epoch(5, 2) == 3
-    assert batching.updates_per_epoch(4, 2) == 2
+    lengths = [5, 9, 1, 7, 3, 8, 2, 6, 4, 10]
+    updates = batching.bucket_updates(lengths, batch_size=2, accumulation=2)
+    assert [[len(mb) for mb in u] for u in updates] == [[2, 2], [2, 2], [2]]  # 10 = 4 + 4 + 2, nothing dropped
+    assert sorted(i for u in updates for mb in u for i in mb) == list(range(10))
+
+
+def test_accumulation_changes_memory_not_the_examples_of_an_update():
+    rng = __import__("random").Random(3)
+    lengths = [rng.randint(5, 300) for _ in range(101)]
+    whole = batching.bucket_updates(lengths, batch_size=32, accumulation=1)
+    split = batching.bucket_updates(lengths, batch_size=8, accumulation=4)
+    assert [sorted(mb[0]) for mb in whole] == [sorted(i for mb in u for i in mb) for u in split]
+    assert all(len(mb) <= 8 for u in split for mb in u)
+    for seed, epoch in ((0, 0), (5, 2)):  # the same updates in the same order, epoch after epoch
+        a = [mb for mb, _ in batching.epoch_micro_batches(whole, seed, epoch)]
+        b = batching.epoch_micro_batches(split, seed, epoch)
+        ends = [i for i, (_, last) in enumerate(b) if last]
+        starts = [0] + [e + 1 for e in ends[:-1]]
+        assert [sorted(i for mb, _ in b[s:e + 1] for i in mb) for s, e in zip(starts, ends)] == [sorted(x) for x in a]

@@ -88,6 +88,27 @@ def test_trailing_micro_batches_are_an_update_not_dropped(tiny_model, tmp_path):
     assert steps[-1].trained_tokens == expected  # every token of every sample trained once
 
 
+def test_accumulation_trains_the_same_updates_as_the_whole_batch(tiny_model, tmp_path):
+    """Batch 8 x accumulation 4 learns from the same 32 examples per update as batch 32 x 1, epoch after
+    epoch: only memory differs (the shipped recipe relies on it)."""
+    import numpy as np
+
+    data = write_chat_data(tmp_path / "data", n_train=70, n_valid=0, seed=9)
+    common = dict(epochs=2, iters=None, optimizer="sgd", learning_rate=0.5, steps_per_eval=1000, save_every=1000,
+                  eval_samples=0, best_by="val_loss")
+    _, whole = train_in_process(base_config(tiny_model, data, batch_size=32, grad_accumulation_steps=1, **common),
+                                tmp_path / "whole")
+    _, split = train_in_process(base_config(tiny_model, data, batch_size=8, grad_accumulation_steps=4, **common),
+                                tmp_path / "split")
+    assert of(whole, P.Data)[0].updates_per_epoch == of(split, P.Data)[0].updates_per_epoch == 3  # 32 + 32 + 6
+    assert [s.tokens for s in of(whole, P.Step)] == [s.tokens for s in of(split, P.Step)]
+    assert [s.loss for s in of(whole, P.Step)] == pytest.approx([s.loss for s in of(split, P.Step)], rel=1e-5)
+    a = adapter_arrays(tmp_path / "whole" / "final" / "adapters.safetensors")
+    b = adapter_arrays(tmp_path / "split" / "final" / "adapters.safetensors")
+    for k in a:
+        assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-5, k
+
+
 def test_adapter_loads_with_mlx_lm(tiny_model, tiny_data, tmp_path):
     import mlx.core as mx
     import mlx_lm

@@ -18,7 +18,7 @@ from engine import protocol as P
 from ..engine_client import EngineProcess
 from ..format import duration, size
 
-EXIT = {"completed": 0, "failed": 1, "memory_guard": 3, "stopped": 130}
+EXIT = {"completed": 0, "early_stopped": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "stopped": 130}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +126,14 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
             elif isinstance(ev, P.Eval):
                 mark = " (best)" if ev.is_best else ""
                 progress.line(f"update {ev.step}: val_loss {ev.val_loss:.4f}{mark}")
+            elif isinstance(ev, P.Recall):
+                parts = ", ".join(f"{name} {value:.1%}" for name, value in
+                                  (("trained", ev.trained), ("paraphrase", ev.paraphrase)) if value is not None)
+                mark = " (best)" if ev.is_best else ""
+                progress.line(f"update {ev.step}: recall {ev.recall:.1%} ({parts}), token accuracy "
+                              f"{ev.token_accuracy:.1%}{mark}")
+            elif isinstance(ev, P.Advice):
+                progress.line(f"advice ({ev.code}): {ev.message}")
             elif isinstance(ev, P.Checkpoint):
                 progress.line(f"checkpoint {ev.reason}: {ev.path}")
             elif isinstance(ev, P.Warning):
@@ -140,12 +148,18 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
                 status = ev.status
                 progress.stop()
                 s = ev.summary
-                if status == "completed":
+                if status in P.Done.FINISHED:
                     best = s.get("best_val_loss")
-                    print(f"done: {s.get('updates')} updates in {duration(s.get('elapsed', 0))}, "
-                          f"{s.get('tokens_per_second', 0):.0f} tok/s, final loss {s.get('final_loss') or 0:.4f}"
-                          + (f", best val_loss {best:.4f} at update {s.get('best_step')}" if best is not None else "")
-                          + f"\nbest adapter: {s.get('adapters')}\nfinal adapter: {s.get('final')}")
+                    recall = s.get("best_recall")
+                    print(f"{'done' if status == 'completed' else 'stopped early'}: {s.get('updates')} updates in "
+                          f"{duration(s.get('elapsed', 0))}, {s.get('tokens_per_second', 0):.0f} tok/s, "
+                          f"final loss {s.get('final_loss') or 0:.4f}"
+                          + (f", best recall {recall:.1%}" if recall is not None else "")
+                          + (f", best val_loss {best:.4f}" if best is not None else "")
+                          + f"\nbest adapter (by {s.get('best_by')}, update {s.get('best_step')}): {s.get('adapters')}"
+                          + f"\nfinal adapter: {s.get('final')}")
+                elif status == "diverged":
+                    print(f"diverged at update {s.get('updates')}: no final adapter; see the advice above.")
                 elif status in ("stopped", "memory_guard"):
                     print(f"{status}: checkpoint saved at update {s.get('updates')}; continue with "
                           f"'farense-tui train --run-dir {args.run_dir} --resume'")

@@ -1,6 +1,7 @@
 """The Chat tab: pick a model and an adapter (the latest run's best by default), type, and the reply
 streams in token by token; sampler settings; stop a reply; compare the base model and base +
-adapter on the same prompt, side by side."""
+adapter on the same prompt, side by side; ask the loaded model the training questions and see
+every wrong answer (ctrl+g)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from engine import protocol as P
 from ..messages import EngineEvent, EngineExited, ReplyProgress
 from ..runs import format_loss, list_runs
 from ..widgets.chat_log import ChatLog
+from ..widgets.eval_report import EvalReportScreen
 
 NO_ADAPTER = "none"
 
@@ -47,6 +49,7 @@ class ChatTab(TabPane):
         Binding("ctrl+l", "load", "Load model"),
         Binding("escape", "stop_reply", "Stop reply"),
         Binding("ctrl+t", "toggle_compare", "Compare"),
+        Binding("ctrl+g", "evaluate", "What it knows", show=False),  # its button says so
         Binding("ctrl+n", "new_conversation", "New chat", show=False),  # its button says so
     ]
 
@@ -74,6 +77,7 @@ class ChatTab(TabPane):
         self.load_confirmed = False  # the engine answered the last load with chat_loaded
         self.pending: dict[str, PendingReply] = {}
         self.current: Optional[str] = None  # the reply being generated
+        self.evaluating = False  # an evaluation is running on the chat engine
         self._count = 0
 
     def compose(self) -> ComposeResult:
@@ -101,6 +105,8 @@ class ChatTab(TabPane):
                         yield Input(default, id=f"sampler-{name}", compact=True)
                 yield Checkbox("Compare (ctrl+t)", id="compare", tooltip="The base model and base + adapter, side by side")
                 yield Button("New conversation (ctrl+n)", id="new-chat")
+                yield Button("What it knows (ctrl+g)", id="evaluate",
+                             tooltip="Ask the loaded model the training questions and list the wrong answers")
 
     def on_mount(self) -> None:
         self.refresh_choices()
@@ -120,7 +126,9 @@ class ChatTab(TabPane):
         options = [("none: the base model", NO_ADAPTER)]
         for run in list_runs(self.app.options.checkpoints_dir):
             if run.adapter is not None:
-                options.append((f"{run.name} (best val {format_loss(run.best_val_loss)})", str(run.adapter)))
+                score = (f"recall {run.best_recall:.0%}" if run.best_recall is not None
+                         else f"best val {format_loss(run.best_val_loss)}")
+                options.append((f"{run.name} ({score})", str(run.adapter)))
         previous = select.value
         select.set_options(options)
         values = [v for _, v in options]
@@ -191,6 +199,10 @@ class ChatTab(TabPane):
         if self.current is not None:
             self.app.notify("A reply is being written; press escape to stop it first.", severity="warning")
             return
+        if self.evaluating:
+            self.app.notify("The model is answering the evaluation's questions; press escape to stop it first.",
+                            severity="warning")
+            return
         try:
             sampler = self.sampler()
         except SamplerError as e:
@@ -227,6 +239,10 @@ class ChatTab(TabPane):
             self._fail_pending("The chat engine is not running; press ctrl+l to load the model again.")
 
     def action_stop_reply(self) -> None:
+        if self.evaluating:
+            self.app.links["chat"].send(P.Cancel())
+            self.status("Stopping the evaluation…")
+            return
         if self.current is None:
             return
         pending = self.pending.get(self.current)
@@ -236,6 +252,21 @@ class ChatTab(TabPane):
             pending.then = None
         self.app.links["chat"].send(P.Cancel(id=self.current))
         self.status("Stopping the reply…")
+
+    def action_evaluate(self) -> None:
+        """Ask the loaded model (and adapter) the training questions greedily and list what it got wrong."""
+        if self.current is not None or self.evaluating:
+            self.app.notify("The model is busy; wait for it or press escape first.", severity="warning")
+            return
+        if not self._ensure_loaded():
+            return
+        data = str(self.app.config_tab.raw().get("data") or "data")
+        command = P.Evaluate(probe="recall", data=data, base=False)
+        if not self.app.links["chat"].send(command):
+            self.status("The chat engine is not running; press ctrl+l to load the model again.", error=True)
+            return
+        self.evaluating = True
+        self.status(f"Asking {command.n} training questions from {data}/train.jsonl, greedily…")
 
     def action_toggle_compare(self) -> None:
         box = self.query_one("#compare", Checkbox)
@@ -252,6 +283,10 @@ class ChatTab(TabPane):
     @on(Button.Pressed, "#new-chat")
     def _new_pressed(self) -> None:
         self.action_new_conversation()
+
+    @on(Button.Pressed, "#evaluate")
+    def _evaluate_pressed(self) -> None:
+        self.action_evaluate()
 
     # -- engine events
 
@@ -273,13 +308,30 @@ class ChatTab(TabPane):
             self.status(f"Loaded {what} in {event.seconds:.1f} s.")
         elif isinstance(event, P.ReplyDone):
             self._reply_done(event)
+        elif isinstance(event, P.EvaluateProgress):
+            self.status(f"Evaluating: {event.done} of {event.total} questions answered ({event.probe}).")
+        elif isinstance(event, P.EvaluateDone):
+            self.evaluating = False
+            self._evaluation_done(event)
         elif isinstance(event, P.Error):
             if not self.load_confirmed:
                 self.loaded = None  # the load failed or is not supported: ask again next time
+            self.evaluating = False
             self.status(event.message, error=True)
             self._fail_pending(event.message)
         elif isinstance(event, P.Warning):
+            if event.code == "cancelled" and self.evaluating:
+                self.evaluating = False
+                self.status("Evaluation stopped.")
+                return
             self.app.notify(event.message, title="Chat", severity="warning")
+
+    def _evaluation_done(self, event: P.EvaluateDone) -> None:
+        probe = event.report["probes"][0]
+        result = next(iter(probe["systems"].values()))
+        self.status(f"The model answered {result['all']['facts']:.0%} of {probe['n']} training questions with "
+                    f"every fact right ({len(result['wrong'])} wrong).")
+        self.app.push_screen(EvalReportScreen(event.report, event.path))
 
     def _reply_done(self, event: P.ReplyDone) -> None:
         pending = self.pending.pop(event.id, None)
@@ -315,6 +367,7 @@ class ChatTab(TabPane):
 
     def on_engine_exited(self, message: EngineExited) -> None:
         self.loaded = None
+        self.evaluating = False
         if message.crashed:
             self.status(message.report, error=True)
             self._fail_pending("the chat engine exited")

@@ -1,5 +1,6 @@
-"""The Monitor tab: memory gauges, the current figures, a loss sparkline and plots of loss,
-learning rate, tokens/s and memory. It draws a run's history on a timer (twice a second, and
+"""The Monitor tab: memory gauges, the current figures, a loss sparkline, plots of loss, recall
+(what share of the probe's answers the model reproduces), learning rate and memory, and the
+engine's latest advice. It draws a run's history on a timer (twice a second, and
 only when something changed), whether the run is live or a past one opened from its files."""
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class MonitorTab(TabPane):
     MonitorTab #run-path { width: 1fr; }
     MonitorTab #open-row Button { margin-left: 1; min-width: 10; }
     MonitorTab #monitor-source { color: $text-muted; height: 1; }
+    MonitorTab #advice { color: $warning; height: auto; display: none; }
+    MonitorTab #advice.-shown { display: block; }
     """
 
     def __init__(self) -> None:
@@ -60,7 +63,8 @@ class MonitorTab(TabPane):
         self._drawn_version = -1
 
     def compose(self) -> ComposeResult:
-        yield Static("No run yet: start one in Train (F4), or open a past run below.", id="monitor-source")
+        yield Static("No run yet: start one in Train (F3), or open a past run below.", id="monitor-source")
+        yield Static("", id="advice")
         with Horizontal(id="monitor-top"):
             with Vertical(id="gauges"):
                 yield Gauge("MLX active", id="g-active")
@@ -82,8 +86,11 @@ class MonitorTab(TabPane):
         return [
             MetricPlot("loss", [Line("loss", "train", "cyan"), Line("val_loss", "validation", "orange", "dot")],
                        id="plot-loss"),
+            MetricPlot("recall (share of answers)", [Line("recall_trained", "trained", "green"),
+                                                     Line("recall_paraphrase", "paraphrase", "yellow"),
+                                                     Line("token_accuracy", "tokens", "cyan", "dot")],
+                       id="plot-recall"),
             MetricPlot("learning rate", [Line("learning_rate", "lr", "magenta")], id="plot-lr"),
-            MetricPlot("tokens/s", [Line("tokens_per_second", "tokens/s", "green")], id="plot-tps"),
             MetricPlot("memory (GB)", [Line("mlx_active", "MLX active", "blue"), Line("mlx_peak", "MLX peak", "red"),
                                        Line("rss", "RSS", "yellow")], id="plot-memory"),
         ]
@@ -112,7 +119,7 @@ class MonitorTab(TabPane):
     def action_follow_live(self) -> None:
         self.following_live = True
         if self.live is None:
-            self.app.notify("No run is live; start one in the Train tab (F4).", severity="warning")
+            self.app.notify("No run is live; start one in the Train tab (F3).", severity="warning")
             return
         self.show(self.live)
 
@@ -162,6 +169,7 @@ class MonitorTab(TabPane):
             return
         self._drawn_version = snap.version
         self._draw_source(snap)
+        self._draw_advice(snap)
         self._draw_gauges(snap)
         self._draw_figures(snap)
         self.query_one(LossSparkline).show(snap.series["loss"][1])
@@ -173,6 +181,12 @@ class MonitorTab(TabPane):
         what = "live" if live else "opened"
         status = snap.done.status if snap.done else snap.state
         self.query_one("#monitor-source", Static).update(f"{what}: {snap.run_dir or self.history.source} · {status}")
+
+    def _draw_advice(self, snap: Snapshot) -> None:
+        widget = self.query_one("#advice", Static)
+        last = snap.advice[-1] if snap.advice else None
+        widget.set_class(last is not None, "-shown")
+        widget.update(f"advice at update {last.step} ({last.code}): {last.message}" if last else "")
 
     def _draw_gauges(self, snap: Snapshot) -> None:
         m = snap.memory
@@ -194,9 +208,14 @@ class MonitorTab(TabPane):
             self.query_one("#figures", Static).update(f"state: {snap.state}\nwaiting for the first update")
             return
         best = format_loss(snap.best_val_loss)
+        r = snap.last_recall
+        recall = (f"recall {r.recall:.0%}" + "".join(f" · {name} {v:.0%}" for name, v in
+                                                   (("trained", r.trained), ("paraphrase", r.paraphrase))
+                                                   if v is not None) + f" · best {r.best_recall:.0%}\n") if r else ""
         self.query_one("#figures", Static).update(
             f"update {s.step}/{s.total_steps} · epoch {s.epoch} ({s.epoch_progress:.0%})\n"
             f"loss {format_loss(s.loss)} · best val loss {best} · last val {format_loss(snap.last_val_loss)}\n"
+            f"{recall}"
             f"{s.tokens_per_second:.0f} tokens/s · {s.iterations_per_second:.2f} steps/s · "
             f"lr {s.learning_rate:.2e}\n"
             f"elapsed {duration(s.elapsed)} · ETA {duration(s.eta)} · "

@@ -73,7 +73,7 @@ class TrainTab(TabPane):
             with Vertical(id="runs-box"):
                 yield Label("Runs in the checkpoints folder", classes="caption")
                 table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-                table.add_columns("run", "status", "update", "best val")
+                table.add_columns("run", "status", "update", "recall", "best val")
                 yield table
                 yield Label("r resume the selected run · o open it in Monitor", classes="hint")
 
@@ -88,7 +88,8 @@ class TrainTab(TabPane):
         table.clear()
         for run in self.runs:
             step = f"{run.step}/{run.total_steps}" if run.total_steps else "-"
-            table.add_row(run.name, run.status, step, format_loss(run.best_val_loss), key=str(run.path))
+            recall = f"{run.best_recall:.0%}" if run.best_recall is not None else "-"
+            table.add_row(run.name, run.status, step, recall, format_loss(run.best_val_loss), key=str(run.path))
 
     def selected_run(self) -> Optional[RunInfo]:
         table = self.query_one("#runs", DataTable)
@@ -139,7 +140,8 @@ class TrainTab(TabPane):
             self.app.notify("There is no earlier run in the checkpoints folder to resume.", severity="warning")
             return
         if not run.resumable:
-            why = "it completed" if run.status == "completed" else "it has no checkpoint yet"
+            why = (f"it {'completed' if run.status == 'completed' else 'stopped early'}"
+                   if run.status in P.Done.FINISHED else "it has no checkpoint yet")
             self.app.notify(f"{run.name} cannot be resumed: {why}.", severity="warning")
             return
         try:

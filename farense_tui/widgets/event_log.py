@@ -35,6 +35,14 @@ def describe(event: P.Record) -> Text | None:
         best = "  (best so far)" if event.is_best else ""
         return Text(f"update {event.step}  validation loss {format_loss(event.val_loss)}  "
                     f"best {format_loss(event.best_val_loss)}{best}", style="cyan")
+    if isinstance(event, P.Recall):
+        parts = ", ".join(f"{name} {value:.1%}" for name, value in
+                          (("trained", event.trained), ("paraphrase", event.paraphrase)) if value is not None)
+        best = "  (best so far)" if event.is_best else ""
+        return Text(f"update {event.step}  recall {event.recall:.1%} ({parts})  token accuracy "
+                    f"{event.token_accuracy:.1%}{best}", style="cyan")
+    if isinstance(event, P.Advice):
+        return Text(f"advice ({event.code}): {event.message}", style="bold yellow")
     if isinstance(event, P.Checkpoint):
         return Text(f"checkpoint ({event.reason}) at update {event.step}: {event.path}", style="green")
     if isinstance(event, P.MemoryEvent):
@@ -54,9 +62,10 @@ def describe(event: P.Record) -> Text | None:
         return Text(f"engine {event.state}{detail}", style="dim")
     if isinstance(event, P.Done):
         summary = event.summary
-        best = summary.get("best_val_loss")
-        extra = f", best validation loss {format_loss(best)}" if best is not None else ""
-        style = "bold green" if event.status == "completed" else "bold yellow"
+        best, recall = summary.get("best_val_loss"), summary.get("best_recall")
+        extra = f", best recall {recall:.1%}" if recall is not None else ""
+        extra += f", best validation loss {format_loss(best)}" if best is not None else ""
+        style = "bold green" if event.status in P.Done.FINISHED else "bold yellow"
         return Text(f"training {event.status}{extra}", style=style)
     if isinstance(event, P.Log):
         return Text(event.message, style="red" if event.level == "error" else "")

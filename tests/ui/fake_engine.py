@@ -31,8 +31,9 @@ class FakeEngine:
     REPLY = "O Sporting Clube Farense foi fundado em 1910, em Faro, e joga no Estádio de São Luís."
 
     def __init__(self, role: str, *, delay: float = 0.0, chat: str = "reply", crash_after: Optional[int] = None,
-                 garbage_after: Optional[int] = None):
+                 garbage_after: Optional[int] = None, hold_evaluation: bool = False):
         self.role = role
+        self.hold_evaluation = hold_evaluation
         self.delay = delay
         self.chat_mode = chat
         self.crash_after = crash_after
@@ -75,6 +76,9 @@ class FakeEngine:
             self._cancel.set()
         elif isinstance(record, (P.ChatLoad, P.ChatAdapter, P.Chat, P.ChatReset)):
             self._chat(record)
+        elif isinstance(record, P.Evaluate):
+            self._cancel.clear()
+            self._play(self._evaluate, record)
         return True
 
     def events(self) -> Iterator[P.Record]:
@@ -177,6 +181,30 @@ class FakeEngine:
             self._emit(P.Token(id=chat.id, text=piece))
         self._emit(P.ReplyDone(id=chat.id, text=text, finish_reason="stop", prompt_tokens=24, prompt_tps=310.0,
                                generation_tokens=len(words), generation_tps=42.0, time_to_first_token=0.12))
+
+
+    WRONG = {"kind": "jogo", "question": "Qual foi o resultado do Farense contra o Olhanense em 1935-03-17?",
+             "expected": "O Farense jogou fora de casa e perdeu por 4-2 com o Olhanense (Olhanense 4-2 Farense).",
+             "got": "O Farense jogou em casa e venceu o Olhanense por 2-1 (Farense 2-1 Olhanense).",
+             "missing": ["number 4-2", "venue away"], "contradicted": ["number 2-1", "venue home"]}
+
+    def _evaluate(self, command: P.Evaluate) -> None:
+        """An evaluation of 4 questions in batches of 2: one answer wrong. With ``hold_evaluation`` it
+        stops after the first batch until it is cancelled."""
+        for done in (2, 4):
+            self._wait()
+            if self.hold_evaluation and done == 4:
+                self._cancel.wait(30)
+            if self._cancel.is_set():
+                self._emit(P.Warning(message="The evaluation was cancelled.", code="cancelled"))
+                return
+            self._emit(P.EvaluateProgress(done=done, total=4, probe=command.probe, system="adapter"))
+        result = {"all": {"n": 4, "exact": 0.5, "facts": 0.75}, "token_exact": 0.5,
+                  "by_kind": {"jogo": {"n": 3, "exact": 0.33, "facts": 0.67}, "clube": {"n": 1, "exact": 1.0, "facts": 1.0}},
+                  "wrong": [self.WRONG], "seconds": 1.0}
+        report = {"model": "models/smollm2-135m", "adapter": self.adapter, "probes": [
+            {"probe": command.probe, "source": f"{command.data}/train.jsonl", "n": 4, "systems": {"adapter": result}}]}
+        self._emit(P.EvaluateDone(report=report, path=f"{command.data}/../checkpoints/run/eval.json"))
 
 
 class FakeFactory:

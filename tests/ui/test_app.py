@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from fake_engine import FakeEngine, FakeFactory
+from fake_engine import FakeEngine, FakeFactory, recorded
 from rich.text import Text
 from ui_helpers import SIZE, wait_for
 from textual.widgets import Checkbox, DataTable, Input, ProgressBar, Select, Static, TabbedContent
@@ -225,7 +225,8 @@ async def test_training_replays_into_progress_and_log(app_factory, factory):
         assert "update 40/40" in progress and "epoch 2" in progress and "ETA 00:00" in progress
         log = log_text(app)
         for expected in ("validation loss", "checkpoint (periodic) at update 10", "warning: System available memory",
-                         "update 35/40", "training completed, best validation loss", "memory: cleared cache"):
+                         "update 35/40", "training completed, best recall 82.8%, best validation loss",
+                         "recall 82.8% (trained 89.1%, paraphrase 76.6%)", "memory: cleared cache"):
             assert expected in log, expected
         steps = [m for m in messages if isinstance(m, TrainingProgress)]
         assert steps and steps[-1].step.step == 40
@@ -375,6 +376,29 @@ async def test_monitor_draws_the_live_run_on_its_timer(app_factory, factory):
         assert app.query_one("#g-active", Gauge).text.endswith("GB")
         snapshot = history.snapshot()
         assert len(snapshot.series["loss"][0]) == 40 and len(snapshot.series["val_loss"][0]) == 4
+        # recall beside the loss: its plot, and the latest figures
+        assert snapshot.series["recall_trained"] == ([10, 20, 30, 40], [0.0625, 0.34375, 0.671875, 0.890625])
+        assert app.query_one("#plot-recall", MetricPlot)._has_data
+        assert "recall 83% · trained 89% · paraphrase 77% · best 83%" in figures
+        assert not app.query_one("#advice", Static).has_class("-shown")  # no advice in this run
+
+
+async def test_monitor_shows_the_latest_advice(app_factory):
+    from farense_tui.runs import RunHistory
+
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        history = RunHistory("test")
+        for event in recorded("run_events.jsonl")[:20]:
+            history.apply(event)
+        history.apply(P.Advice(code="plateau", step=12, message="Recall has not improved for 3 validations."))
+        history.apply(P.Advice(code="diverged", step=14, message="Training diverged: lower learning_rate."))
+        app.monitor_tab.show(history)
+        await pilot.pause()
+        advice = app.query_one("#advice", Static)
+        assert advice.has_class("-shown")
+        assert str(advice.render()) == "advice at update 14 (diverged): Training diverged: lower learning_rate."
 
 
 async def test_monitor_opens_a_past_run(app_factory, workdir):
@@ -493,6 +517,44 @@ async def test_chat_compares_base_and_adapter(app_factory, factory):
         boxes = list(row.query(ChatMessage))
         assert [b.border_title for b in boxes] == ["base", "base + adapter"]
         assert str(boxes[1].render()) == FakeEngine.REPLY
+
+
+async def test_chat_asks_the_training_questions_and_lists_the_wrong_answers(app_factory, factory):
+    from farense_tui.widgets.eval_report import EvalReportScreen
+
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5", "ctrl+g")
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalReportScreen), "the report")
+        engine = factory.last("chat")
+        load, command = engine.sent_of(P.ChatLoad)[0], engine.sent_of(P.Evaluate)[0]
+        assert load.adapter == str(app.query_one("#chat-adapter", Select).value)  # the loaded adapter is evaluated
+        assert (command.probe, command.data, command.base) == ("recall", "data", False)
+        screen = app.screen
+        summary = str(screen.query_one("#eval-summary", Static).render())
+        assert "75.0% with every fact right" in summary and "jogo 67% of 3" in summary
+        wrong = str(screen.query_one("#eval-wrong", Static).render())
+        assert FakeEngine.WRONG["question"] in wrong and FakeEngine.WRONG["got"] in wrong
+        assert "missing: number 4-2, venue away" in wrong
+        await pilot.press("escape")
+        assert not isinstance(app.screen, EvalReportScreen)
+        assert "75% of 4 training questions" in text_of(app, "#chat-status")
+        assert not app.chat_tab.evaluating
+
+
+async def test_an_evaluation_can_be_stopped_and_blocks_chat_meanwhile(app_factory):
+    factory = FakeFactory(hold_evaluation=True)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        app.query_one("#evaluate").press()
+        await wait_for(pilot, lambda: "Evaluating: 2 of 4" in text_of(app, "#chat-status"), "the first batch")
+        await send_prompt(pilot, app, "Olá")
+        assert not factory.last("chat").sent_of(P.Chat)  # no chat while it answers the evaluation
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.chat_tab.evaluating, "the evaluation to stop")
+        assert factory.last("chat").sent_of(P.Cancel)
+        assert "Evaluation stopped" in text_of(app, "#chat-status")
 
 
 async def test_chat_says_when_the_engine_cannot_chat(app_factory):
