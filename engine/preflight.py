@@ -324,8 +324,11 @@ def measure_device(working: str = "float32", stored: str = "float32", quantizati
     return info
 
 
-def working_dtype(base_dtype: str, quantization: Optional[dict], float_dtype: str, on_cpu: bool) -> str:
-    """The dtype label the frozen base computes in: the rule of ``trainer.set_base_dtype``."""
+def working_dtype(base_dtype: str, quantization: Optional[dict], float_dtype: str, on_cpu: bool,
+                  full: bool = False) -> str:
+    """The dtype label the base computes in: the rule of ``trainer.set_base_dtype``."""
+    if base_dtype == "auto" and full:
+        return "float32"
     if base_dtype == "keep" or (base_dtype == "auto" and not on_cpu):
         return f"{quantization['bits']}-bit" if quantization else float_dtype
     return "float32" if base_dtype == "auto" else base_dtype
@@ -499,18 +502,19 @@ def estimate_memory(info: ModelInfo, cfg: dict, working: str, batch: Optional[in
 
 
 def updates_planned(cfg: dict, train_count: int) -> tuple[int, int]:
-    """(updates per epoch, total updates): the trainer's arithmetic."""
-    batches = math.ceil(train_count / cfg["batch_size"]) if train_count else 0
-    per_epoch = math.ceil(batches / cfg["grad_accumulation_steps"]) if batches else 0
+    """(updates per epoch, total updates): the trainer's arithmetic (a bucket of batch x accumulation
+    examples per update, the last one smaller)."""
+    per_epoch = math.ceil(train_count / C.effective_batch_size(cfg)) if train_count else 0
     if cfg["iters"] is not None:
         return per_epoch, int(cfg["iters"])
     return per_epoch, max(1, round(cfg["epochs"] * per_epoch)) if per_epoch else 0
 
 
-def estimate_disk(info: ModelInfo, cfg: dict, train_count: int) -> dict:
-    """Bytes a run writes: kept checkpoints (adapter + optimizer state), best and final adapters, logs."""
+def estimate_disk(info: ModelInfo, cfg: dict, train_count: int, working: str = "") -> dict:
+    """Bytes a run writes: kept checkpoints (adapter + optimizer state), best and final adapters, logs.
+    A full fine-tune's weights are saved in the dtype they train in (``working``)."""
     trainable = info.trainable_parameters(cfg)
-    weight_bytes = 4 if cfg["fine_tune_type"] != "full" else DTYPE_BYTES.get(info.float_dtype, 4)
+    weight_bytes = 4 if cfg["fine_tune_type"] != "full" else DTYPE_BYTES.get(working or info.float_dtype, 4)
     adapter = trainable * weight_bytes
     checkpoint = adapter * (1 + OPTIMIZER_SLOTS.get(cfg["optimizer"], 2)) + 64 * 1024
     per_epoch, total = updates_planned(cfg, train_count)
@@ -834,6 +838,99 @@ def check_token_lengths(cfg: dict, files: dict[str, CheckResult], tokenizer) -> 
     return out, lengths
 
 
+# Measured on the default model (docs/quality.md): each fact seen 36 times (12 epochs x 3 phrasings) was
+# recalled 98% of the time, 24 times (8 x 3) 84%, twice (2 x 1) 3%.
+FACT_EXPOSURES = 36
+FACT_EXPOSURES_WARN = 30
+
+
+def phrasings_per_answer(samples: list[dict]) -> Optional[float]:
+    """Examples per distinct answer: how many phrasings each fact has (None for text data)."""
+    from .probe import question_answer
+
+    answers = [qa[2] for qa in map(question_answer, samples) if qa is not None]
+    return len(answers) / len(set(answers)) if answers else None
+
+
+def check_fact_exposure(cfg: dict, files: dict[str, CheckResult]) -> list[P.Check]:
+    """Is the planned training long enough to learn facts: epochs x phrasings per fact."""
+    train = files.get("train")
+    if train is None or train.problems or not train.samples:
+        return []
+    phrasings = phrasings_per_answer(train.samples)
+    if phrasings is None:
+        return []
+    per_epoch, total = updates_planned(cfg, len(train.samples))
+    epochs = total / per_epoch if per_epoch else 0
+    seen = epochs * phrasings
+    data = dict(phrasings=round(phrasings, 2), epochs=round(epochs, 2), exposures=round(seen, 1))
+    detail = (f"Each answer is trained about {seen:.0f} times ({epochs:g} epochs x {phrasings:.1f} phrasings per "
+              f"answer).")
+    if seen >= FACT_EXPOSURES_WARN:
+        return [check("training", "facts", "pass", detail + " Enough to learn facts, as measured on the default model.",
+                      **data)]
+    fix = f"Raise epochs to {math.ceil(FACT_EXPOSURES / max(phrasings, 1))}"
+    if phrasings < 3:
+        fix += " and give each fact at least 3 phrasings of its question (farense-tui data build does for the Farense set)"
+    return [check("training", "facts", "warn",
+                  detail + f" Too few for a model to recall facts: measured on the default model, facts seen "
+                  f"{FACT_EXPOSURES} times were recalled 98% of the time, twice 3% (docs/quality.md).",
+                  fix + "; if the answers teach a style rather than facts, ignore this.", **data)]
+
+
+# the share of the measured matmul rate a training update achieves: the probe measured 97 tokens/s
+# for a full fine-tune of SmolLM2-135M (829 MFLOP per token at 384 tokens) on this project's 2-core
+# CPU while its float32 matmuls ran at 124 GFLOP/s, i.e. 0.65 (2026-11-30)
+TRAIN_EFFICIENCY = 0.6
+
+
+def training_flops_per_token(info: ModelInfo, cfg: dict, seq: int) -> float:
+    """Forward through every block and the output layer, backward through the trained blocks
+    (weights and inputs for full fine-tuning, inputs only for the frozen weights under LoRA)."""
+    blocks = sum(i * o for block in info.linears for _, i, o in block)
+    head = info.vocab * info.hidden
+    attention = 4 * seq * info.heads * info.head_dim * info.layers  # scores and weighted values
+    forward = 2 * (blocks + head) + attention
+    share = info.trained_layers(cfg) / max(info.layers, 1)
+    backward_blocks = (2 if cfg["fine_tune_type"] == "full" else 1) * share * (2 * blocks + attention)
+    return forward + backward_blocks + 2 * head
+
+
+def estimate_time(info: ModelInfo, cfg: dict, lengths: list[int], rate_gflops: float = 0.0,
+                  tokens_per_second: float = 0.0) -> dict:
+    """Seconds per epoch and for the run: from a measured training rate when given, else from the
+    matmul rate."""
+    seq = cfg["max_seq_length"]
+    tokens = sum(min(n, seq) for n in lengths)
+    mean = tokens / len(lengths) if lengths else seq
+    if not tokens_per_second:
+        tokens_per_second = rate_gflops * 1e9 * TRAIN_EFFICIENCY / training_flops_per_token(info, cfg, int(mean))
+    per_epoch_updates, total = updates_planned(cfg, len(lengths))
+    epochs = total / per_epoch_updates if per_epoch_updates else 0
+    epoch_seconds = tokens / tokens_per_second if tokens_per_second else 0.0
+    return {"tokens_per_epoch": tokens, "tokens_per_second": round(tokens_per_second, 1), "epochs": epochs,
+            "epoch_seconds": round(epoch_seconds, 1), "seconds": round(epoch_seconds * epochs, 1)}
+
+
+def check_time(cfg: dict, info: Optional[ModelInfo], dev: DeviceInfo, working: str, lengths: dict,
+               measured_tps: float = 0.0) -> list[P.Check]:
+    """How long the run will take here: from the probe's measured rate, else from the matmul rate."""
+    train = lengths.get("train")
+    rate = dev.rates.get(working) or dev.rates.get("float32") or 0.0
+    if info is None or not train or not (rate or measured_tps):
+        return []
+    est = estimate_time(info, cfg, train, rate, measured_tps)
+    est["source"] = "the probe's measured rate" if measured_tps else f"the measured {working} matmul rate"
+    detail = (f"About {minutes(est['epoch_seconds'])} per epoch ({est['tokens_per_epoch']:,} tokens at "
+              f"~{est['tokens_per_second']:,.0f} tokens/s, from {est['source']}), {minutes(est['seconds'])} for "
+              f"{est['epochs']:g} epochs.")
+    if est["seconds"] > 24 * 3600:
+        return [check("time", "training", "warn", detail + " That is more than a day on this machine.",
+                      "Train on a faster machine (a Mac's GPU, or a CUDA GPU), or train fewer epochs knowing that "
+                      "fewer facts will be learned.", **est)]
+    return [check("time", "training", "pass", detail, **est)]
+
+
 def longest_example(lengths: Optional[dict]) -> int:
     """Tokens in the longest example of any file (0 when unknown)."""
     return max((max(v) for v in (lengths or {}).values() if v), default=0)
@@ -852,14 +949,14 @@ def free_disk(path: Path) -> tuple[Path, int]:
 
 
 def check_disk(cfg: dict, out_dir: Path, info: Optional[ModelInfo], train_count: int,
-               free: Optional[int] = None) -> list[P.Check]:
+               free: Optional[int] = None, working: str = "") -> list[P.Check]:
     where, measured = free_disk(out_dir)
     free = measured if free is None else free
     if info is None:
         status = "pass" if free >= GB else "warn"
         return [check("disk", "space", status, f"{gb(free)} free at {where}; the run's needs are unknown "
                       f"until the model loads.", "Free at least 1 GB there.", free=free, path=str(where))]
-    need = estimate_disk(info, cfg, train_count)
+    need = estimate_disk(info, cfg, train_count, working)
     detail = (f"{gb(free)} free at {where}; the run needs about {gb(need['total'])} "
               f"({plural(need['checkpoints_kept'], 'checkpoint')} of {gb(need['checkpoint'])}, best and final "
               f"adapters, logs); fusing the adapter into a model later needs {gb(need['fused_model'])} more")
@@ -886,7 +983,7 @@ def check_memory(cfg: dict, info: Optional[ModelInfo], working: str, hw: Hardwar
     longest_batch = ", the longest batch the data makes," if seq < cfg["max_seq_length"] else ""
     detail = (f"Estimated peak {gb(est['total'])} for batch {est['batch_size']} x {est['max_seq_length']} tokens"
               f"{longest_batch} "
-              f"(weights {gb(est['weights'])} in {working}, LoRA and optimizer {gb(est['trainable'])}, "
+              f"(weights {gb(est['weights'])} in {working}, trained weights and optimizer {gb(est['trainable'])}, "
               f"activations {gb(est['activations'] + est['logits'])}, runtime {gb(est['runtime'])}) "
               f"against {gb(budget)} available ({share:.0%})")
     fix = ("Use the recommended config (smaller batch_size or max_seq_length), or set grad_checkpoint: true.")
@@ -955,11 +1052,24 @@ def recommend(cfg: dict, raw: dict, hw: Hardware, dev: DeviceInfo, info: Optiona
     tier = tier_for(budget)
     rec = copy.deepcopy(cfg)
     rec["model"] = cfg["model"] or model_name  # the user's name as given; the resolved default otherwise
-    rec.update(batch_size=tier.batch_size, grad_accumulation_steps=tier.grad_accumulation_steps,
-               max_seq_length=tier.max_seq_length, learning_rate=tier.learning_rate)
+    # what the config sets for learning (a recipe: learning rate, updates of so many examples) is kept;
+    # the tier fills in what it leaves unset, and memory decides how an update is cut into micro-batches
+    own_batch = "batch_size" in raw or "grad_accumulation_steps" in raw
+    if not own_batch:
+        rec.update(batch_size=tier.batch_size, grad_accumulation_steps=tier.grad_accumulation_steps)
+    if "max_seq_length" not in raw:
+        rec["max_seq_length"] = tier.max_seq_length
+    if "learning_rate" not in raw:
+        rec["learning_rate"] = tier.learning_rate
     reasons = [f"{gb(budget)} of memory available puts this machine in the {tier.name} tier: batch "
                f"{tier.batch_size}, accumulation {tier.grad_accumulation_steps}, {tier.max_seq_length} tokens, "
                f"learning rate {tier.learning_rate:g}."]
+    kept = [k for k, given in (("updates of batch_size x grad_accumulation_steps examples", own_batch),
+                               ("max_seq_length", "max_seq_length" in raw),
+                               ("learning_rate", "learning_rate" in raw)) if given]
+    if kept:
+        reasons.append(f"The config's own {', '.join(kept)} are kept (a recipe's choices); only memory changes how "
+                       f"an update is cut into micro-batches.")
     out = Recommendation(rec, tier.name, reasons)
 
     # base dtype: float32 on a CPU backend (the only fast BLAS path), the stored base on a GPU
@@ -986,13 +1096,13 @@ def recommend(cfg: dict, raw: dict, hw: Hardware, dev: DeviceInfo, info: Optiona
     if info.trained_layers(rec) < rec["num_layers"]:
         rec["num_layers"] = info.layers
         reasons.append(f"num_layers is {info.layers}: the model has no more blocks than that.")
-    if info.parameters > LARGE_MODEL:
+    if info.parameters > LARGE_MODEL and "learning_rate" not in raw:
         rec["learning_rate"] = tier.learning_rate / 2
         reasons.append(f"{info.parameters / 1e9:.0f}B parameters is a large model: the learning rate is halved "
                        f"to {rec['learning_rate']:g}.")
 
     def working() -> str:
-        return working_dtype(rec["base_dtype"], quant, info.float_dtype, dev.on_cpu)
+        return working_dtype(rec["base_dtype"], quant, info.float_dtype, dev.on_cpu, rec["fine_tune_type"] == "full")
 
     def fits() -> bool:
         return estimate_memory(info, rec, working())["total"] <= limit
@@ -1295,7 +1405,8 @@ def run_preflight(raw: dict, out: str | os.PathLike = "checkpoints", probe: bool
     float_dtype = str(model_cfg.get("torch_dtype") or "float32")
     if float_dtype not in DTYPE_BYTES:
         float_dtype = "float32"
-    working = working_dtype(cfg["base_dtype"], stored_quant, float_dtype, backend == "cpu")
+    full = cfg["fine_tune_type"] == "full"
+    working = working_dtype(cfg["base_dtype"], stored_quant, float_dtype, backend == "cpu", full)
     stored = working_dtype("keep", stored_quant, float_dtype, backend == "cpu")
     dev = device or guarded("device", measure_device, working, stored, stored_quant, matmul_seconds, compare_blas,
                             default=DeviceInfo(backend=backend, working=working))
@@ -1315,16 +1426,20 @@ def run_preflight(raw: dict, out: str | os.PathLike = "checkpoints", probe: bool
                    "Fix the model check first.")])
     train_count = len(files["train"].samples) if "train" in files else 0
     if info is not None:
-        working = working_dtype(cfg["base_dtype"], info.quantization, info.float_dtype, dev.on_cpu)
-    add(guarded("disk", check_disk, cfg, Path(out), info, train_count, default=[]))
+        working = working_dtype(cfg["base_dtype"], info.quantization, info.float_dtype, dev.on_cpu, full)
+    add(guarded("disk", check_disk, cfg, Path(out), info, train_count, None, working, default=[]))
     longest = longest_example(lengths)
     add(guarded("memory", check_memory, cfg, info, working, hw, longest, default=[]))
+    add(guarded("training", check_fact_exposure, cfg, files, default=[]))
 
     rec = recommend(cfg, raw, hw, dev, info, model_name, lengths, train_count)
     probe_report = None
     if probe:
         probe_report = _probe(rec, model, info, hw, dev, lengths, emit, stop, probe_seconds, probe_shapes)
     model = loaded = None  # the probe was its last user
+    picked = (probe_report or {}).get("picked") or {}
+    add(guarded("time", check_time, cfg, info, dev, working, lengths, picked.get("tokens_per_second", 0.0),
+                default=[]))
 
     recommended = rec.config
     try:
@@ -1360,7 +1475,7 @@ def _probe(rec: Recommendation, model, info: Optional[ModelInfo], hw: Hardware, 
     cfg = rec.config
     tic = time.perf_counter()
     emit(P.State(state="preflight", detail="probe: preparing the model as the run would train it"))
-    working = set_base_dtype(model, cfg["base_dtype"])
+    working = set_base_dtype(model, cfg["base_dtype"], cfg["fine_tune_type"] == "full")
     mx.random.seed(cfg["seed"])
     apply_fine_tune_type(model, cfg)
     mx.eval(model.parameters())

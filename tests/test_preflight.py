@@ -350,6 +350,73 @@ def test_the_users_schedule_settings_are_kept():
     C.validate(rec.config)
 
 
+def test_a_recipe_keeps_its_learning_settings_and_only_memory_cuts_its_updates():
+    """The measured Farense recipe: learning rate and updates of 32 examples stay; a small machine gets
+    smaller micro-batches with more accumulation (the same updates), never another effective batch."""
+    raw = {"fine_tune_type": "full", "num_layers": -1, "learning_rate": 3e-4, "batch_size": 32,
+           "grad_accumulation_steps": 1, "max_seq_length": 384, "epochs": 12}
+    for available in (5, 12, 64):
+        rec = PF.recommend(config(**raw), raw, machine(available), cpu_device(), smollm2_135m(), "m", train_count=11802)
+        cfg = rec.config
+        assert cfg["learning_rate"] == 3e-4 and cfg["epochs"] == 12
+        assert cfg["batch_size"] * cfg["grad_accumulation_steps"] == 32, available
+        assert any("kept" in r for r in rec.reasons)
+    small = PF.recommend(config(**raw), raw, machine(5), cpu_device(), smollm2_135m(), "m", train_count=11802)
+    assert small.config["batch_size"] < 32
+    # a config that sets nothing gets the tier's values
+    plain = PF.recommend(config(), {}, machine(20), cpu_device(), smollm2_135m(), "m")
+    assert plain.config["learning_rate"] == PF.tier_for(20 * GB).learning_rate
+
+
+def test_updates_planned_counts_buckets_of_the_effective_batch():
+    assert PF.updates_planned(config(batch_size=8, grad_accumulation_steps=4, epochs=12), 11802) == (369, 4428)
+    assert PF.updates_planned(config(batch_size=2, grad_accumulation_steps=2, epochs=1), 10) == (3, 3)
+
+
+def test_full_fine_tuning_trains_a_float32_copy_of_a_quantized_base():
+    assert PF.working_dtype("auto", {"bits": 4}, "float16", on_cpu=False, full=True) == "float32"
+    assert PF.working_dtype("auto", {"bits": 4}, "float16", on_cpu=False) == "4-bit"
+
+
+def chat_samples(facts: int, phrasings: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"Pergunta {i} ({p})"},
+                          {"role": "assistant", "content": f"Resposta {i}"}]}
+            for i in range(facts) for p in range(phrasings)]
+
+
+def fact_check(epochs: float, phrasings: int):
+    from engine.datatools import CheckResult
+
+    found = CheckResult(path="train.jsonl", samples=chat_samples(100, phrasings))
+    return PF.check_fact_exposure(config(epochs=epochs), {"train": found})[0]
+
+
+def test_preflight_warns_when_training_is_too_short_to_learn_facts():
+    shipped_before = fact_check(2, 1)  # the config that taught 3% of the facts
+    assert shipped_before.status == "warn" and "2 times" in shipped_before.detail
+    assert "Raise epochs to 36" in shipped_before.fix and "3 phrasings" in shipped_before.fix
+    short = fact_check(8, 3)
+    assert short.status == "warn" and "Raise epochs to 12" in short.fix and "phrasings" not in short.fix
+    recipe = fact_check(12, 3)
+    assert recipe.status == "pass" and recipe.data == {"phrasings": 3.0, "epochs": 12.0, "exposures": 36.0}
+    from engine.datatools import CheckResult
+
+    assert PF.check_fact_exposure(config(), {"train": CheckResult(path="t", samples=[{"text": "x"}] * 5)}) == []
+
+
+def test_the_time_check_says_how_long_the_run_takes_here():
+    info = smollm2_135m()
+    lengths = {"train": [122] * 11802}
+    cfg = config(fine_tune_type="full", num_layers=-1, batch_size=8, grad_accumulation_steps=4, epochs=12)
+    measured = PF.check_time(cfg, info, cpu_device(), "float32", lengths, measured_tps=97.0)[0]
+    assert measured.status == "warn" and "from the probe's measured rate" in measured.detail
+    assert measured.data["seconds"] == pytest.approx(12 * 122 * 11802 / 97.0, rel=1e-3)
+    estimated = PF.check_time(cfg, info, metal_device("float32"), "float32", lengths)[0]
+    assert estimated.status == "pass" and "matmul rate" in estimated.detail
+    # full fine-tuning costs more per token than LoRA on the same blocks
+    assert PF.training_flops_per_token(info, cfg, 122) > PF.training_flops_per_token(info, config(num_layers=-1), 122)
+
+
 # ------------------------------------------------------------------ probe
 
 
@@ -439,10 +506,13 @@ def test_probe_on_the_tiny_model(probed):
     assert recommended["batch_size"] == picked["batch_size"] and recommended["max_seq_length"] == 192
     assert recommended["grad_accumulation_steps"] == 8 // picked["batch_size"]
     assert report["recommendation"]["source"] == "probe"
-    # the events stream the checks first, then the probe, then the done event
-    kinds = [type(e).__name__ for e in events if isinstance(e, (P.Check, P.ProbeResult, P.PreflightDone))]
-    assert kinds.index("ProbeResult") > max(i for i, k in enumerate(kinds) if k == "Check")
-    assert kinds[-1] == "PreflightDone"
+    # the events stream the checks first, then the probe, then the time it measured, then the done event
+    kinds = [type(e).__name__ if not isinstance(e, P.Check) else f"Check:{e.category}" for e in events
+             if isinstance(e, (P.Check, P.ProbeResult, P.PreflightDone))]
+    assert kinds.index("ProbeResult") > max(i for i, k in enumerate(kinds) if k.startswith("Check:") and k != "Check:time")
+    assert kinds[-2:] == ["Check:time", "PreflightDone"]
+    timing = next(e for e in events if isinstance(e, P.Check) and e.category == "time")
+    assert timing.data["tokens_per_second"] == pytest.approx(picked["tokens_per_second"], abs=0.1)  # the probe's rate
 
 
 def test_report_and_recommended_config_are_written(probed):
