@@ -64,7 +64,7 @@ def synthetic_model(kind: str, folder: Path) -> Path:
 
 def pick_model(args, scratch: Path) -> tuple[str, str]:
     """(model folder, description)."""
-    from engine.models import default_model_installed, default_model_path
+    from farense_core.models import default_model_installed, default_model_path
 
     if args.model:
         return args.model, args.model
@@ -118,7 +118,7 @@ class EngineSide:
     """The real engine process, timed from the client's side."""
 
     def __init__(self, model: str):
-        from engine import protocol as P
+        from farense_core import protocol as P
         from farense_tui.engine_client import EngineProcess
 
         self.P = P

@@ -113,7 +113,7 @@ def main() -> int:
 
         model = str(build_tiny_model(work / "tiny", layers=8))
     elif args.model == "default":
-        from engine.models import default_model_path
+        from farense_core.models import default_model_path
 
         model = str(default_model_path())
     else:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from engine import config as C  # noqa: E402
+from farense_core import config as C  # noqa: E402
 
 FULL = {"fine_tune_type": "full", "num_layers": -1}
 RECIPES = {

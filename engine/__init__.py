@@ -1,7 +1,6 @@
 """farense-tui's engine: all MLX work, run as ``python -m engine`` behind the JSON-lines protocol.
 
-Importing this package (and ``engine.protocol`` / ``engine.config``) loads no mlx, so the UI can
-use the protocol and the config schema.
+The UI never imports it (an import contract checks); what the two share lives in ``farense_core``.
 """
 
 __version__ = "0.1.0"

@@ -28,10 +28,12 @@ from typing import Callable, Optional
 import mlx.core as mx
 from mlx.utils import tree_unflatten
 
-from . import protocol as P
-from .server import Context, handles
+from farense_core import protocol as P
+from farense_core.models import ModelNotFoundError, locate_model
+from farense_core.rundir import RunDir, is_adapter_folder
 
-ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
+from .model import quantization_of, set_base_dtype
+from .server import Context, handles
 
 
 class ChatError(Exception):
@@ -99,10 +101,8 @@ class Reply:
 # ---------------------------------------------------------------- locating
 
 
-def resolve_model(name: Optional[str]) -> str:
-    """The model folder (or Hugging Face id) for ``name``, checked by ``engine.models.locate_model``."""
-    from .models import ModelNotFoundError, locate_model
-
+def _locate(name: Optional[str]) -> str:
+    """The model folder (or Hugging Face id) for ``name``, checked; a missing one is a ``ChatError``."""
     try:
         return locate_model(name)
     except ModelNotFoundError as e:
@@ -116,9 +116,9 @@ def adapter_folder(path: str) -> Path:
     if not root.is_dir():
         raise ChatError(f"The adapter folder {path} does not exist; give a run folder or an "
                         "adapter folder with adapters.safetensors and adapter_config.json.")
-    for candidate in (root, root / "adapters", root / "final"):
-        if all((candidate / f).is_file() for f in ADAPTER_FILES):
-            return candidate.resolve()
+    found = root if is_adapter_folder(root) else RunDir(root).adapter()
+    if found is not None:
+        return found.resolve()
     raise ChatError(f"No adapter found in {path} (looked for adapters.safetensors and "
                     "adapter_config.json there and in its adapters/ and final/ folders); "
                     "train a run first or point at its adapter folder.")
@@ -153,22 +153,20 @@ def _unwrap_adapter_layers(model) -> None:
 
 
 def prepare_base(model, choice: str, full: bool = False) -> str:
-    """Apply ``base_dtype`` to a loaded model (the trainer's rule; ``full``: for a full fine-tune's
-    weights), keeping a quantized base as it is when a float32 copy would take more than half the
-    memory available now."""
+    """Apply ``base_dtype`` to a loaded model as training does (``full``: for a full fine-tune's
+    weights, which load only into a float copy), keeping a quantized base as it is when a float32
+    copy would take more than half the memory available now."""
     import psutil
     from mlx.utils import tree_flatten
 
-    from .trainer import quantization_of, set_base_dtype
-
     quant = quantization_of(model)
     if full and choice == "keep":
-        choice = "auto"  # a full fine-tune's weights replace the base's: they load only into a float copy
-    if choice == "auto" and quant and mx.default_device().type == mx.cpu and not full:
+        choice = "auto"
+    fits = True
+    if quant:
         stored = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
-        if stored * 32 / quant["bits"] > psutil.virtual_memory().available / 2:
-            choice = "keep"
-    return set_base_dtype(model, choice, full)
+        fits = stored * 32 / quant["bits"] <= psutil.virtual_memory().available / 2
+    return set_base_dtype(model, choice, full, fits)
 
 
 class ChatSession:
@@ -200,7 +198,7 @@ class ChatSession:
         (where 4-bit and half-precision matmuls get no BLAS help) when that fits in memory."""
         import mlx_lm
 
-        path = resolve_model(model)
+        path = _locate(model)
         try:
             loaded, tokenizer = mlx_lm.load(path)
         except Exception as e:  # noqa: BLE001 - a failed load becomes one sentence
@@ -376,7 +374,7 @@ def on_chat_load(ctx: Context, cmd: P.ChatLoad) -> None:
     global _session
     ctx.emit(P.State(state="loading", detail=cmd.model or "default"))
     start = time.perf_counter()
-    path = resolve_model(cmd.model)
+    path = _locate(cmd.model)
     if _session is not None and _session.model_path == path:
         _session.set_adapter(cmd.adapter)
         _session.reset()

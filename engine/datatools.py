@@ -5,45 +5,28 @@
     python -m engine.datatools split FILE [--valid-fraction 0.1] [--seed N] --out DIR [--force]
     python -m engine.datatools stats FILE... --model M [--max-seq-length N]
 
-``check`` and ``split`` are pure Python; ``stats`` loads the model's tokenizer (mlx-lm's loader, so
-the chat template and EOS are those training uses) only when it runs. Preflight reuses
-``check_file``, ``token_lengths`` and ``length_stats``.
-
-What ``check`` accepts is what mlx-lm's loader (``mlx_lm/tuner/datasets.py``) reads, one JSON object
-per line, in the format of the file's FIRST line (mlx-lm picks the dataset class from it):
-
-- chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}`` (optional
-  ``tools`` list), ending with a non-empty assistant message: anything else looks cut short;
-- completions: ``{"prompt": str, "completion": str}``; the prompt may be empty, the completion not;
-- text: ``{"text": str}``, not empty.
-
-A UTF-8 BOM at the start and CRLF line ends are accepted (our loader, ``check_file(...).samples``,
-reads them). Blank lines are problems: ``mlx_lm.lora`` fails on them (``json.loads("")``).
-Problems print as ``FILE:LINE: what is wrong`` (``FILE: ...`` when it is about the whole file).
+``check`` and ``split`` are pure Python (what a valid file is: ``farense_core.datafiles``);
+``stats`` tokenizes as training does (``engine.step.tokenize``, mlx-lm's loader and datasets) only
+when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
-import re
 import statistics
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-from .config import BY_KEY, atomic_write_text
+from farense_core.config import BY_KEY, atomic_write_text
+from farense_core.datafiles import PARAPHRASE_FILE, CheckResult, check_file
+from farense_core.models import is_hub_id
 
-FORMATS = ("chat", "completions", "text")
-# a data folder: train.jsonl, valid.jsonl and, optionally, trained facts asked in unseen phrasings
-PARAPHRASE_FILE = "probe_paraphrase.jsonl"
-ROLES = ("system", "user", "assistant", "tool")
-BOM = b"\xef\xbb\xbf"
 MAX_PRINTED_PROBLEMS = 50  # per file; the CheckResult keeps them all
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,167 +37,6 @@ class DataToolError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # check
-
-
-@dataclass
-class CheckResult:
-    path: str
-    counts: Counter = field(default_factory=Counter)           # format -> valid examples
-    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, message); line 0: the whole file
-    samples: list[dict] = field(default_factory=list)          # valid examples, in file order
-    lines: list[str] = field(default_factory=list)             # their JSON text, as written
-    format: Optional[str] = None                                # the first example's format
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def problem_lines(self) -> list[str]:
-        return [f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}" for line, msg in self.problems]
-
-    def summary(self) -> str:
-        n = sum(self.counts.values())
-        formats = ", ".join(f"{k} {v}" for k, v in self.counts.items())
-        probs = "no problems" if self.ok else f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
-        return f"{self.path}: {n} example{'s' * (n != 1)}{f' ({formats})' if formats else ''}, {probs}"
-
-
-def sample_format(obj: Any) -> Optional[str]:
-    """The format mlx-lm would read this object as (its ``create_dataset`` order), or None."""
-    if not isinstance(obj, dict):
-        return None
-    if "prompt" in obj and "completion" in obj:
-        return "completions"
-    if "messages" in obj:
-        return "chat"
-    if "text" in obj:
-        return "text"
-    return None
-
-
-def _type(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(v), type(v).__name__)
-
-
-def _chat_problem(obj: dict) -> Optional[str]:
-    messages = obj["messages"]
-    if not isinstance(messages, list):
-        return f"'messages' is {_type(messages)}, not a list of messages"
-    if not messages:
-        return "'messages' is empty"
-    if "tools" in obj and obj["tools"] is not None and not isinstance(obj["tools"], list):
-        return f"'tools' is {_type(obj['tools'])}, not a list"
-    for i, m in enumerate(messages, 1):
-        if not isinstance(m, dict):
-            return f"message {i} is {_type(m)}, not an object with role and content"
-        role = m.get("role")
-        if role not in ROLES:
-            return f"message {i} has role {role!r}; use one of {', '.join(ROLES)}"
-        if "content" not in m:
-            if role == "assistant" and m.get("tool_calls"):
-                continue
-            return f"message {i} ({role}) has no 'content'"
-        content = m["content"]
-        if content is None and role == "assistant" and m.get("tool_calls"):
-            continue
-        if not isinstance(content, str):
-            return f"message {i} ({role}) has content that is {_type(content)}; it must be a string"
-    last = messages[-1]
-    if last["role"] != "assistant":
-        return f"the last message is from {last['role']!r}, not the assistant: the conversation looks cut short"
-    if not last.get("tool_calls") and not (last.get("content") or "").strip():
-        return "the last (assistant) message is empty: nothing to learn"
-    return None
-
-
-def sample_problem(obj: Any, fmt: Optional[str]) -> Optional[str]:
-    """What is wrong with one parsed line, or None."""
-    if fmt is None:
-        if not isinstance(obj, dict):
-            return f"is {_type(obj)}, not a JSON object"
-        keys = ", ".join(repr(k) for k in list(obj)[:5]) or "no keys"
-        return f"unknown format (keys {keys}); use 'messages', 'prompt' + 'completion', or 'text'"
-    if fmt == "chat":
-        return _chat_problem(obj)
-    if fmt == "completions":
-        for key in ("prompt", "completion"):
-            if not isinstance(obj[key], str):
-                return f"'{key}' is {_type(obj[key])}; it must be a string"
-        if not obj["completion"].strip():
-            return "'completion' is empty: nothing to learn"
-        return None
-    if not isinstance(obj["text"], str):
-        return f"'text' is {_type(obj['text'])}; it must be a string"
-    if not obj["text"].strip():
-        return "'text' is empty"
-    return None
-
-
-def check_bytes(data: bytes, path: str = "<data>") -> CheckResult:
-    result = CheckResult(str(path))
-    if data.startswith(BOM):
-        data = data[len(BOM):]
-    if not data.strip():
-        result.problems.append((0, "is empty: there are no examples in it"))
-        return result
-    if b"\x00" in data[:8192]:
-        result.problems.append((0, "is a binary file, not JSON lines text"))
-        return result
-    complete = data.endswith(b"\n")
-    raw_lines = data.split(b"\n")
-    if complete:
-        raw_lines.pop()
-    first_line = 0
-    for n, raw in enumerate(raw_lines, 1):
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            result.problems.append((n, f"is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
-            continue
-        if not text.strip():
-            result.problems.append((n, "is blank; mlx-lm's loader fails on blank lines, so delete it"))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            if n == len(raw_lines) and not complete:
-                result.problems.append((n, f"is cut short ({e.msg}, column {e.colno}, and no final newline): "
-                                           "the file looks truncated"))
-            else:
-                result.problems.append((n, f"is not valid JSON: {e.msg} (column {e.colno})"))
-            continue
-        fmt = sample_format(obj)
-        problem = sample_problem(obj, fmt)
-        if problem is None and result.format is not None and fmt != result.format:
-            problem = (f"is in {fmt} format but line {first_line} is {result.format}; mlx-lm reads the whole file "
-                       "in the first line's format, so use one format per file")
-        if problem is not None:
-            result.problems.append((n, problem))
-            continue
-        if result.format is None:
-            result.format, first_line = fmt, n
-        result.counts[fmt] += 1
-        result.samples.append(obj)
-        result.lines.append(text)
-    return result
-
-
-def check_file(path: str | Path) -> CheckResult:
-    """Validate one JSONL training file; never raises for bad input (problems are in the result)."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return CheckResult(str(path), problems=[(0, "no such file; check the path")])
-    except IsADirectoryError:
-        return CheckResult(str(path), problems=[(0, "is a folder; name the .jsonl files in it, e.g. "
-                                                    f"{p / 'train.jsonl'}")])
-    except OSError as e:
-        return CheckResult(str(path), problems=[(0, f"cannot be read ({e.strerror or e}); check its permissions")])
-    return check_bytes(data, str(path))
 
 
 def _cmd_check(args) -> int:
@@ -288,24 +110,10 @@ def _cmd_split(args) -> int:
 
 
 def token_lengths(samples: Iterable[dict], tokenizer) -> list[int]:
-    """Tokens per example, as mlx-lm's datasets tokenize them for training: the chat template for
-    chat and completions (``ChatDataset`` / ``CompletionsDataset``), the text plus EOS for text."""
-    lengths = []
-    for s in samples:
-        fmt = sample_format(s)
-        if fmt == "chat":
-            tokens = tokenizer.apply_chat_template(s["messages"], tools=s.get("tools"), return_dict=False)
-        elif fmt == "completions":
-            messages = [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["completion"]}]
-            tokens = tokenizer.apply_chat_template(messages, tools=s.get("tools"), return_dict=False)
-        elif fmt == "text":
-            tokens = tokenizer.encode(s["text"])
-            if not tokens or tokens[-1] != tokenizer.eos_token_id:
-                tokens = [*tokens, tokenizer.eos_token_id]
-        else:
-            raise ValueError(f"not a training example: {str(s)[:80]}")
-        lengths.append(len(tokens))
-    return lengths
+    """Tokens per example, exactly as training tokenizes them."""
+    from .step import tokenize
+
+    return tokenize(list(samples), tokenizer, mask_prompt=False).lengths
 
 
 @dataclass(frozen=True)
@@ -370,7 +178,7 @@ def load_tokenizer(model: str):
     path = Path(model).expanduser()
     if path.is_file():
         raise DataToolError(f"--model {model} is a file; pass the model's folder.")
-    if not path.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+    if not path.exists() and not is_hub_id(model):
         raise DataToolError(f"The model folder {model} does not exist; pass a model folder or a Hugging Face id "
                             "(or run 'farense-tui model default' to install the default model).")
     try:

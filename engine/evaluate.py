@@ -7,7 +7,7 @@
 Each question of a probe (``engine.probe``: trained questions, paraphrases of trained facts,
 held-out facts, or a file) goes through the chat template exactly as chat sends it and is
 answered greedily, in batches, by mlx-lm's ``batch_generate``; each answer is scored against the
-reference (``engine.scoring``: exact match, and facts match). The bare base and base + adapter
+reference (``farense_core.scoring``: exact match, and facts match). The bare base and base + adapter
 answer the same questions, side by side, on the same loaded model (the adapter is switched, not
 reloaded). The report, with every wrong answer (question, expected, got), goes to ``eval.json``
 in the run folder (or ``--out``); ``--json`` prints it as one JSON object.
@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from farense_core import protocol as P
+from farense_core.config import ConfigError, atomic_write_text
+from farense_core.rundir import RunDir, adapter_settings
+from farense_core.scoring import score, tally
+
 from . import probe as probes
-from . import protocol as P
 from .chat import ChatError, ChatSession, _require_session, adapter_folder
-from .config import ConfigError, atomic_write_text, run_settings
-from .scoring import score, tally
 from .server import Context, handles
 
 EXTRA_TOKENS = 32  # an answer may run this much longer than the reference before it is cut
@@ -144,17 +146,6 @@ def run_evaluation(session: ChatSession, sets: list[ProbeSet], adapter: Optional
     }
 
 
-def run_folder_of(adapter: Optional[str]) -> Optional[Path]:
-    """The training run an adapter folder belongs to (its parent holds events.jsonl), if any."""
-    if not adapter:
-        return None
-    folder = Path(adapter)
-    for candidate in (folder, folder.parent):
-        if (candidate / "events.jsonl").is_file():
-            return candidate
-    return None
-
-
 def write_report(report: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False))
 
@@ -232,19 +223,16 @@ def resolve(args: argparse.Namespace) -> tuple[Optional[str], str, Path, Optiona
         if not run.is_dir():
             raise EvalError(f"The run folder {run} does not exist; pass --run with a training run's folder.")
         try:
-            settings = run_settings(run)
+            settings = RunDir(run).settings()
+            model = args.model or RunDir(run).base_model()
         except ConfigError as e:
             raise EvalError(f"{e} Or pass --model and --data.") from None
     adapter = str(adapter_folder(args.run or args.adapter)) if (args.run or args.adapter) else None
-    model = args.model or settings.get("model")
-    if not model and adapter:
-        try:
-            model = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("model")
-        except (OSError, ValueError):
-            model = None
+    if not args.run:
+        model = args.model or (adapter_settings(Path(adapter)).get("model") if adapter else None)
     data = Path(args.data or settings.get("data") or "data")
-    run = run or run_folder_of(adapter)
-    out = Path(args.out) if args.out else (run / "eval.json" if run else None)
+    rd = RunDir(run) if run else RunDir.of_adapter(adapter) if adapter else None
+    out = Path(args.out) if args.out else (rd.eval_report if rd else None)
     return adapter, model or "default", data, out
 
 
@@ -311,8 +299,8 @@ def on_evaluate(ctx: Context, cmd: P.Evaluate) -> None:
         if report is None:
             ctx.emit(P.Warning(message="The evaluation was cancelled.", code="cancelled"))
             return
-        run = run_folder_of(session.adapter)
-        path = Path(cmd.out) / "eval.json" if cmd.out else (run / "eval.json" if run else None)
+        rd = RunDir.of_adapter(session.adapter) if session.adapter else None
+        path = Path(cmd.out) / "eval.json" if cmd.out else (rd.eval_report if rd else None)
         if path is not None:
             write_report(report, path)
         ctx.emit(P.EvaluateDone(report=report, path=str(path) if path else ""))

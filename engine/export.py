@@ -22,7 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .chat import ADAPTER_FILES, ChatError, adapter_folder, resolve_model
+from farense_core.config import ConfigError
+from farense_core.models import ModelNotFoundError, locate_model
+from farense_core.rundir import ADAPTER_FILES, RunDir
+
+from .chat import ChatError, adapter_folder
 
 
 class ExportError(Exception):
@@ -43,17 +47,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                           "else of its adapter_config.json)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser.parse_args(argv)
-
-
-def run_base_model(run: Path) -> Optional[str]:
-    """The ``model`` key of the run's config.yaml, or None when the run does not say."""
-    from .config import ConfigError, run_settings
-
-    try:
-        model = run_settings(run).get("model")
-    except ConfigError as e:
-        raise ExportError(f"{e} Or pass --model.") from None
-    return str(model) if model else None
 
 
 REQUANTIZED_NOTE = ("Fusing re-quantizes the adapted layers, which adds rounding noise that can blur a small "
@@ -180,16 +173,19 @@ def export(run: str, out: str, *, fuse: bool = False, dequantize: bool = False,
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it.")
     if out_dir == run_dir.absolute() or out_dir in adapter.parents or out_dir == adapter:
         raise ExportError(f"--out {out} would replace the run's own files; choose a folder outside the run.")
-    base = model or run_base_model(run_dir) or json.loads((adapter / "adapter_config.json").read_text()).get("model")
+    try:
+        base = model or RunDir(run_dir).base_model()
+    except ConfigError as e:
+        raise ExportError(f"{e} Or pass --model.") from None
     if fuse and not base:
         raise ExportError(f"{run} names no base model (no 'model' in config.yaml or adapter_config.json); "
                           "pass --model to fuse.")
     if base:
         try:
-            base = resolve_model(base)  # "default" becomes the folder other tools can load
-        except ChatError:
+            base = locate_model(base)  # "default" becomes the folder other tools can load
+        except ModelNotFoundError as e:
             if fuse:
-                raise
+                raise ExportError(str(e)) from None
             # the adapter copy does not need the base here; its README names it as the run did
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

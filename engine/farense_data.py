@@ -691,10 +691,10 @@ def build(sources: Path, out: Path, seed: int = 0, force: bool = False,
           write: Callable[[Path, str], None] = None) -> BuildResult:
     """Build and write ``train.jsonl``, ``valid.jsonl`` and ``probe_paraphrase.jsonl`` in ``out``. An existing
     file with other contents is replaced only with ``force``; raises ``FileExistsError`` otherwise."""
-    from .datatools import PARAPHRASE_FILE
+    from farense_core.datafiles import PARAPHRASE_FILE
 
     if write is None:
-        from .config import atomic_write_text as write
+        from farense_core.config import atomic_write_text as write
     facts = build_facts(sources, seed)
     train, valid, probe = phrase(*split_facts(facts, seed), seed)
     texts = {Path(out) / "train.jsonl": to_jsonl(train), Path(out) / "valid.jsonl": to_jsonl(valid),

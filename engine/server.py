@@ -19,8 +19,8 @@ import traceback
 from typing import Callable, Optional, TextIO
 
 from . import __version__
-from . import protocol as P
-from .blas import loaded_blas
+from farense_core import protocol as P
+from farense_core.blas import loaded_blas
 
 
 class Context:
@@ -58,6 +58,10 @@ class Context:
 
     def warn(self, message: str, code: str = "") -> None:
         self.emit(P.Warning(message=message, code=code))
+
+    def refuse(self, cmd: P.Record, busy_with: str) -> None:
+        """A command that cannot run while another job does."""
+        self.warn(f"The engine is {busy_with}; a {cmd.type} command cannot run now.", code="busy")
 
     def log(self, message: str) -> None:
         self.emit(P.Log(message=message))

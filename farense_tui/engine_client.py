@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from engine import protocol as P
-from engine.blas import openblas_path
+from farense_core import protocol as P
+from farense_core.blas import openblas_path
 
 def engine_env(base: Optional[dict] = None) -> dict:
     env = dict(os.environ if base is None else base)

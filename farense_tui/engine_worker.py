@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 from textual.app import App
 from textual.message_pump import MessagePump
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 from .messages import EngineEvent, EngineExited, ReplyProgress, TrainingProgress
 from .runs import RunHistory

@@ -8,7 +8,7 @@ from typing import Optional
 
 from textual.message import Message
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 from .runs import RunHistory
 

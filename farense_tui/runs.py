@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from engine import protocol as P
+from farense_core import protocol as P
+from farense_core.rundir import RunDir
 
 GB = 1024**3
 SERIES_CAPACITY = 4096  # points kept per series; a longer run is thinned, keeping extremes
-RESUMABLE_CHECKPOINTS = ("periodic", "epoch_end", "stop", "memory_guard")  # not best/final: adapters only
 SERIES = ("loss", "val_loss", "learning_rate", "tokens_per_second", "mlx_active", "mlx_peak", "rss",
           "recall", "recall_trained", "recall_paraphrase", "token_accuracy")
 
@@ -200,7 +200,7 @@ class RunHistory:
 def events_path(path: str | Path) -> Path:
     """A run folder or its events.jsonl -> the events.jsonl."""
     p = Path(path).expanduser()
-    return p / "events.jsonl" if p.is_dir() else p
+    return RunDir(p).events if p.is_dir() else p
 
 
 def read_events(path: str | Path) -> tuple[list[P.Record], int]:
@@ -251,8 +251,7 @@ class RunInfo:
 
     @property
     def adapter(self) -> Optional[Path]:
-        best = self.path / "adapters"
-        return best if (best / "adapters.safetensors").is_file() else None
+        return RunDir(self.path).adapter()
 
     @property
     def resumable(self) -> bool:
@@ -272,14 +271,10 @@ def summarize_run(path: Path) -> RunInfo:
             info.best_val_loss = e.best_val_loss
         elif isinstance(e, P.Recall):
             info.best_recall = e.best_recall
-        elif isinstance(e, P.Checkpoint) and e.reason in RESUMABLE_CHECKPOINTS:
-            info.last_checkpoint = e.path
         elif isinstance(e, P.Done):
             info.status = e.status
-    if info.last_checkpoint is None:
-        steps = sorted((path / "checkpoints").glob("step_*")) if (path / "checkpoints").is_dir() else []
-        if steps:
-            info.last_checkpoint = str(steps[-1])
+    newest = RunDir(path).newest_checkpoint()
+    info.last_checkpoint = str(newest[0]) if newest else None
     return info
 
 
@@ -288,27 +283,17 @@ def list_runs(checkpoints_dir: str | Path) -> list[RunInfo]:
     root = Path(checkpoints_dir)
     if not root.is_dir():
         return []
-    runs = [
-        summarize_run(p) for p in root.iterdir()
-        if p.is_dir() and ((p / "events.jsonl").is_file() or (p / "config.yaml").is_file())
-    ]
+    runs = [summarize_run(p) for p in root.iterdir() if p.is_dir() and RunDir(p).is_run()]
     runs.sort(key=lambda r: (_mtime(r.path), r.name), reverse=True)
     return runs
 
 
 def _mtime(path: Path) -> float:
+    rd = RunDir(path)
     try:
-        return max(
-            (p.stat().st_mtime for p in (path / "events.jsonl", path / "config.yaml") if p.exists()),
-            default=path.stat().st_mtime,
-        )
+        return max((p.stat().st_mtime for p in (rd.events, rd.config) if p.exists()), default=path.stat().st_mtime)
     except OSError:
         return 0.0
-
-
-def latest_adapter(checkpoints_dir: str | Path) -> Optional[Path]:
-    """The best adapter of the newest run that has one."""
-    return next((r.adapter for r in list_runs(checkpoints_dir) if r.adapter), None)
 
 
 def new_run_dir(checkpoints_dir: str | Path, now: Optional[_dt.datetime] = None) -> Path:
@@ -324,12 +309,12 @@ def new_run_dir(checkpoints_dir: str | Path, now: Optional[_dt.datetime] = None)
 
 def run_config(run_dir: str | Path) -> dict:
     """The config a run was started with (its config.yaml, else the config event)."""
-    from engine.config import ConfigError, load_yaml
+    from farense_core.config import ConfigError
 
     path = Path(run_dir)
-    if (path / "config.yaml").is_file():
+    if RunDir(path).config.is_file():
         try:
-            return load_yaml(path / "config.yaml")
+            return RunDir(path).settings()
         except ConfigError as e:
             raise RunError(str(e)) from None
     try:

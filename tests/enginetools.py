@@ -6,7 +6,7 @@ import io
 import time
 from pathlib import Path
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 
 def base_config(model: Path, data: Path, **kw) -> dict:

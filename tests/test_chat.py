@@ -10,7 +10,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from engine import protocol as P  # noqa: E402
+from farense_core import protocol as P  # noqa: E402
 from engine.chat import ChatError, ChatSession, ReplySettings  # noqa: E402
 from tiny_model import make_adapter  # noqa: E402
 

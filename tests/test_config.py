@@ -1,6 +1,6 @@
 import pytest
 
-from engine import config as C
+from farense_core import config as C
 
 
 def ok(**kw):

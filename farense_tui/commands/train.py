@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from engine import config as C
-from engine import protocol as P
+from farense_core import config as C
+from farense_core import protocol as P
 
 from ..engine_client import EngineProcess
 from ..format import duration, size

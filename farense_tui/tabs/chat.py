@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TabPane
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 from ..messages import EngineEvent, EngineExited, ReplyProgress
 from ..runs import format_loss, list_runs

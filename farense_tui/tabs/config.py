@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Static, Switch, TabPane
 
-from engine import config as C
+from farense_core import config as C
 
 from ..runs import new_run_dir
 from ..widgets.deferred import mount_after_first_frame

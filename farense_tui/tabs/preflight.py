@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Label, Static, TabPane
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 from ..messages import EngineEvent, EngineExited, RecommendedConfig
 from ..format import size

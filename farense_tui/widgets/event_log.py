@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine import protocol as P
+from farense_core import protocol as P
 
 from ..format import duration, size
 from ..runs import format_loss

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_engine import FakeFactory, recorded  # noqa: E402
 from ui_helpers import CLOCK, write_past_run  # noqa: E402
 
-from engine import config as C  # noqa: E402
+from farense_core import config as C  # noqa: E402
 from farense_tui.app import make_app  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
-from engine import protocol as P
+from farense_core import protocol as P
 from farense_tui.runs import read_events
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

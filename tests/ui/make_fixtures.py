@@ -8,7 +8,7 @@ import math
 import random
 from pathlib import Path
 
-from engine import protocol as P
+from farense_core import protocol as P
 from farense_tui.runs import write_events
 
 HERE = Path(__file__).resolve().parent / "fixtures"

@@ -12,7 +12,7 @@ from rich.text import Text
 from ui_helpers import SIZE, wait_for
 from textual.widgets import Checkbox, DataTable, Input, ProgressBar, Select, Static, TabbedContent
 
-from engine import protocol as P
+from farense_core import protocol as P
 from farense_tui.engine_client import EngineProcess
 from farense_tui.messages import EngineEvent, ReplyProgress, TrainingProgress
 from farense_tui.tabs.chat import ChatTab

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as C
+from farense_core import config as C
 
 pytestmark = [
     pytest.mark.e2e,

@@ -8,10 +8,10 @@ import pytest
 from fake_engine import recorded
 from ui_helpers import write_past_run
 
-from engine import protocol as P
+from farense_core import protocol as P
 from farense_tui.messages import EngineEvent, ReplyProgress, TrainingProgress
 from farense_tui.runs import (
-    RunError, RunHistory, Series, downsample, latest_adapter, list_runs, load_run, new_run_dir, run_config,
+    RunError, RunHistory, Series, downsample, list_runs, load_run, new_run_dir, run_config,
 )
 
 
@@ -59,14 +59,17 @@ def test_load_run_and_list_runs(tmp_path):
     (checkpoints / "not-a-run").mkdir()
     with open(checkpoints / "run-a" / "events.jsonl", "a") as f:
         f.write('{"type":"step","step":26,"tot')  # a run killed mid-line
+    half = checkpoints / "run-a" / "checkpoints" / "step_000020"  # killed while writing: no state.json
+    half.mkdir()
+    (half / "adapters.safetensors").write_bytes(b"")
     history, bad = load_run(checkpoints / "run-a")
     assert bad == 1 and history.snapshot().last_step.step == 25
     runs = {r.name: r for r in list_runs(checkpoints)}
     assert set(runs) == {"run-a", "run-b"}
     assert (runs["run-a"].status, runs["run-a"].step, runs["run-a"].resumable) == ("unfinished", 25, True)
     assert (runs["run-b"].status, runs["run-b"].resumable) == ("completed", False)
-    assert runs["run-a"].last_checkpoint.endswith("step_000020")
-    assert latest_adapter(checkpoints) in (runs["run-a"].adapter, runs["run-b"].adapter)
+    assert runs["run-a"].last_checkpoint.endswith("step_000010")  # the newest complete one
+    assert runs["run-a"].adapter == checkpoints / "run-a" / "adapters"
     assert run_config(checkpoints / "run-a")["iters"] == 40
     assert list_runs(tmp_path / "missing") == []
 

@@ -10,8 +10,8 @@ from typing import Callable
 
 from fake_engine import recorded
 
-from engine import config as C
-from engine import protocol as P
+from farense_core import config as C
+from farense_core import protocol as P
 from farense_tui.runs import write_events
 
 SIZE = (120, 40)
@@ -31,9 +31,14 @@ async def wait_for(pilot, condition: Callable[[], bool], what: str, timeout: flo
 def write_past_run(checkpoints: Path, name: str, upto_step: int, *, finished: bool = False) -> Path:
     """A run folder as the engine leaves it: events.jsonl (cut at upto_step), config.yaml, checkpoints, adapter."""
     run = checkpoints / name
-    (run / "checkpoints" / "step_000010").mkdir(parents=True)
+    step = run / "checkpoints" / "step_000010"
+    step.mkdir(parents=True)
+    for f in ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        (step / f).write_bytes(b"")
+    (step / "state.json").write_text('{"complete": true, "update": 10}')
     (run / "adapters").mkdir()
     (run / "adapters" / "adapters.safetensors").write_bytes(b"")
+    (run / "adapters" / "adapter_config.json").write_text("{}")
     events = []
     for event in recorded("run_events.jsonl"):
         if isinstance(event, P.Step) and event.step > upto_step and not finished:

@@ -308,6 +308,30 @@ def validate(raw: dict) -> tuple[dict, list[str]]:
     return out, notes
 
 
+def resolve_base_dtype(choice: str, quantized_bits: Optional[int], float_dtype: str, on_cpu: bool,
+                       full: bool = False, float32_fits: bool = True) -> str:
+    """What the base computes in for ``base_dtype: choice``: "4-bit" (kept as stored) or a float dtype.
+
+    ``auto`` keeps a quantized base quantized on a GPU (that is what keeps a large model in memory) and
+    computes it in float32 on a CPU backend, where only float32 matmuls get BLAS help, unless a float32
+    copy does not fit (``float32_fits``). Full fine-tuning trains the base's own weights, which a quantized
+    base cannot do: ``auto`` trains a float32 copy and ``keep`` is refused.
+    """
+    if full and quantized_bits and choice == "keep":
+        raise ConfigError("fine_tune_type full trains the base's own weights, which a quantized base cannot do; "
+                          "set base_dtype to auto, float32 or bfloat16.", "base_dtype")
+    kept = f"{quantized_bits}-bit" if quantized_bits else float_dtype
+    if choice == "keep":
+        return kept
+    if choice == "auto":
+        if full:
+            return "float32"
+        if quantized_bits and (not on_cpu or not float32_fits):
+            return kept
+        return "float32" if on_cpu else kept
+    return choice
+
+
 def effective_batch_size(cfg: dict) -> int:
     return int(cfg["batch_size"]) * int(cfg["grad_accumulation_steps"])
 
@@ -330,12 +354,6 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a mapping of settings, not a {type(raw).__name__}.")
     return raw
-
-
-def run_settings(run_dir: str | os.PathLike) -> dict:
-    """The settings a run folder's config.yaml holds ({} when it has none); ConfigError when unreadable."""
-    path = Path(run_dir) / "config.yaml"
-    return load_yaml(path) if path.is_file() else {}
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -59,6 +59,15 @@ def padding_efficiency(lengths: list[int], batches: list[list[int]], max_seq_len
     return real / padded if padded else 0.0
 
 
+def updates_planned(cfg: dict, examples: int) -> tuple[int, int]:
+    """(updates per epoch, total updates) of a config over ``examples`` training examples: one update
+    per bucket of batch x accumulation examples, the last one smaller; ``iters`` or ``epochs``."""
+    per_epoch = math.ceil(examples / (cfg["batch_size"] * cfg["grad_accumulation_steps"])) if examples else 0
+    if cfg["iters"] is not None:
+        return per_epoch, int(cfg["iters"])
+    return per_epoch, max(1, round(cfg["epochs"] * per_epoch)) if per_epoch else 0
+
+
 def epoch_micro_batches(updates: list[list[list[int]]], seed: int, epoch: int) -> list[tuple[list[int], bool]]:
     """The epoch's micro-batches in order, each with whether it ends its update."""
     out = []
