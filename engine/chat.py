@@ -431,6 +431,7 @@ def on_chat(ctx: Context, cmd: P.Chat) -> None:
                               on_token=lambda text: ctx.emit(P.Token(id=cmd.id, text=text)),
                               should_cancel=should_cancel)
         ctx.emit(P.ReplyDone(id=cmd.id, **dataclasses.asdict(reply)))
+        ctx.job_cancelled = reply.finish_reason == "cancelled"
     finally:
         while (pending := ctx.poll()) is not None:
             deferred.append(pending)

@@ -297,7 +297,7 @@ def on_evaluate(ctx: Context, cmd: P.Evaluate) -> None:
                 P.EvaluateProgress(done=done, total=total, probe=probe, system=system)),
             should_cancel=should_cancel)
         if report is None:
-            ctx.emit(P.Warning(message="The evaluation was cancelled.", code="cancelled"))
+            ctx.job_cancelled = True
             return
         rd = RunDir.of_adapter(session.adapter) if session.adapter else None
         path = Path(cmd.out) / "eval.json" if cmd.out else (rd.eval_report if rd else None)

@@ -34,9 +34,13 @@ class Context:
         self.stop_requested = threading.Event()  # set by stop, shutdown, SIGINT, SIGTERM
         self.shutdown_requested = threading.Event()
         self.stdin_closed = threading.Event()
+        self.job_error = ""  # the first error of the job running now
+        self.job_cancelled = False
 
     # -- events
     def emit(self, record: P.Record) -> None:
+        if isinstance(record, P.Error) and not self.job_error:
+            self.job_error = record.message
         line = record.to_line() + "\n"
         with self._lock:
             for tee in self._tees:
@@ -60,8 +64,20 @@ class Context:
         self.emit(P.Warning(message=message, code=code))
 
     def refuse(self, cmd: P.Record, busy_with: str) -> None:
-        """A command that cannot run while another job does."""
-        self.warn(f"The engine is {busy_with}; a {cmd.type} command cannot run now.", code="busy")
+        """A job command that cannot run while another job does: its job ends at once."""
+        message = f"The engine is {busy_with}; a {cmd.type} command cannot run now."
+        self.warn(message, code="busy")
+        self.emit(P.Finished(command=cmd.type, status="busy", message=message, id=getattr(cmd, "id", "")))
+
+    def run_job(self, handler: "Handler", cmd: P.Record) -> None:
+        """Run one job and end it with its ``finished`` event."""
+        self.job_error, self.job_cancelled = "", False
+        try:
+            handler(self, cmd)
+        except Exception as e:  # noqa: BLE001 - every failure reaches the UI whole
+            self.emit(P.Error(message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()))
+        status = "failed" if self.job_error else "cancelled" if self.job_cancelled else "ok"
+        self.emit(P.Finished(command=cmd.type, status=status, message=self.job_error, id=getattr(cmd, "id", "")))
 
     def log(self, message: str) -> None:
         self.emit(P.Log(message=message))
@@ -91,6 +107,10 @@ def handles(*kinds: type) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+def _unsupported(ctx: Context, cmd: P.Record) -> None:
+    ctx.emit(P.Error(message=f"The engine cannot handle {cmd.type!r} commands yet.", code="unsupported"))
 
 
 def describe_device() -> tuple[str, str, str]:
@@ -179,14 +199,7 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
         if isinstance(cmd, (P.Stop, P.Pause, P.Resume, P.Cancel)):
             ctx.stop_requested.clear()
             continue  # nothing running to act on
-        handler = HANDLERS.get(cmd.type)
-        if handler is None:
-            ctx.emit(P.Error(message=f"The engine cannot handle {cmd.type!r} commands yet.", code="unsupported"))
-            continue
-        try:
-            handler(ctx, cmd)
-        except Exception as e:  # noqa: BLE001 - every failure reaches the UI whole
-            ctx.emit(P.Error(message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()))
+        ctx.run_job(HANDLERS.get(cmd.type, _unsupported), cmd)
         if ctx.shutdown_requested.is_set():
             return 0
         ctx.stop_requested.clear()

@@ -221,6 +221,21 @@ class Done(Record):
 
 
 @dataclass
+class Finished(Record):
+    """The end of a job: exactly one per job command (every command but pause, resume, stop, cancel
+    and shutdown), after its last event. ``status``: ok, failed (an error event said why: ``message``),
+    cancelled, or busy (refused: another job was running)."""
+
+    type: ClassVar[str] = "finished"
+    command: str
+    status: str = "ok"
+    message: str = ""
+    id: str = ""  # the command's id, for commands that have one (chat)
+
+    STATUSES: ClassVar[tuple] = ("ok", "failed", "cancelled", "busy")
+
+
+@dataclass
 class Log(Record):
     """A line of human-readable engine output (progress notes, not errors)."""
 
@@ -328,6 +343,9 @@ class Train(Record):
     resume: bool = False
 
 
+SIGNALS = ("pause", "resume", "stop", "cancel", "shutdown")  # commands that act on a job, not jobs
+
+
 @dataclass
 class Pause(Record):
     type: ClassVar[str] = "pause"
@@ -416,7 +434,7 @@ EVENTS: dict[str, type] = {
     c.type: c
     for c in (
         Hello, Config, Data, Model, Step, Eval, Recall, Advice, Checkpoint, MemoryEvent, Warning, Error,
-        State, Done, Log, Check, ProbeResult, PreflightDone, ChatLoaded, Token, ReplyDone,
+        State, Done, Finished, Log, Check, ProbeResult, PreflightDone, ChatLoaded, Token, ReplyDone,
         EvaluateProgress, EvaluateDone,
     )
 }

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from farense_core import protocol as P
 from farense_core.blas import openblas_path
@@ -32,6 +32,10 @@ def engine_env(base: Optional[dict] = None) -> dict:
 
 def engine_command(module: str = "engine", args: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class EngineGone(Exception):
+    """The engine process ended: its crash report is the message."""
 
 
 class EngineProcess:
@@ -82,6 +86,23 @@ class EngineProcess:
                 yield P.parse_event(line)
             except P.ProtocolError as e:
                 yield P.Error(message=f"The engine wrote a line that is not protocol ({e}).", code="protocol")
+
+    def request(self, command: P.Record, on_event: Optional[Callable[[P.Record], None]] = None) -> P.Finished:
+        """Send a job command and give every event to ``on_event`` until the job's ``finished``
+        event, which it returns; ``EngineGone`` when the engine exits first."""
+        if not self.send(command):
+            raise EngineGone(self.crash_report())
+        return self.wait_for(command, on_event)
+
+    def wait_for(self, command: P.Record, on_event: Optional[Callable[[P.Record], None]] = None) -> P.Finished:
+        """The rest of a job already sent (after an interruption, say), as ``request``."""
+        for event in self.events():
+            if on_event is not None:
+                on_event(event)
+            if (isinstance(event, P.Finished) and event.command == command.type
+                    and event.id == getattr(command, "id", "")):
+                return event
+        raise EngineGone(self.crash_report())
 
     def wait(self, timeout: Optional[float] = None) -> int:
         assert self.proc

@@ -38,8 +38,6 @@ def start_engine_process(role: str) -> Engine:
     return EngineProcess().start()
 
 
-# events that end a job; the engine is then shut down unless the link keeps it (chat)
-JOB_ENDS = (P.Done, P.PreflightDone)
 
 
 class _Session:
@@ -108,16 +106,11 @@ class EngineLink:
     def _read(self, session: _Session) -> None:
         engine = session.engine
         failure: Optional[str] = None
-        error_seen = False
         try:
             for event in engine.events():
                 self._dispatch(session, event)
-                if isinstance(event, P.Error):
-                    error_seen = event.code != "protocol"
-                ends_job = isinstance(event, JOB_ENDS) or (
-                    error_seen and isinstance(event, P.State) and event.state == "idle"
-                ) or (isinstance(event, P.Error) and event.code == "unsupported")
-                if ends_job and not self.keep_alive and not session.closing:
+                # a job's end shuts the engine down, unless the link keeps it (chat)
+                if isinstance(event, P.Finished) and not self.keep_alive and not session.closing:
                     session.closing = True
                     engine.close()
         except Exception as e:  # noqa: BLE001 - a broken pipe must reach the UI, not kill it

@@ -46,7 +46,7 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 
 
 class EngineRun:
-    """The real engine process with a deadline on every wait."""
+    """The real engine process, for every test that drives one: jobs as requests, waits with deadlines."""
 
     def __init__(self):
         from farense_tui.engine_client import EngineProcess
@@ -58,16 +58,27 @@ class EngineRun:
     def send(self, record) -> None:
         assert self.engine.send(record)
 
-    def until(self, predicate, timeout: float = 120.0):
+    def until(self, predicate, timeout: float = 120.0, on_event=None):
+        """Read events until one satisfies ``predicate``; return it."""
         deadline = time.monotonic() + timeout
         for ev in self._it:
             self.events.append(ev)
+            if on_event is not None:
+                on_event(ev)
             if predicate(ev):
                 return ev
             if time.monotonic() > deadline:
                 break
         raise AssertionError(f"condition not met; last events: {[e.type for e in self.events[-5:]]}; "
                              f"stderr: {list(self.engine.stderr_tail)[-5:]}")
+
+    def request(self, command, timeout: float = 300.0, on_event=None) -> list:
+        """Send a job command; its events, up to and including its ``finished`` event."""
+        start = len(self.events)
+        self.send(command)
+        self.until(lambda e: isinstance(e, P.Finished) and e.command == command.type
+                   and e.id == getattr(command, "id", ""), timeout, on_event)
+        return self.events[start:]
 
     def close(self) -> None:
         self.engine.close()

@@ -12,6 +12,7 @@ mx = pytest.importorskip("mlx.core")
 
 from farense_core import protocol as P  # noqa: E402
 from engine.chat import ChatError, ChatSession, ReplySettings  # noqa: E402
+from enginetools import EngineRun  # noqa: E402
 from tiny_model import make_adapter  # noqa: E402
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
@@ -258,54 +259,32 @@ def test_history_is_kept_and_reset(session):
 # ------------------------------------------------------ through the engine
 
 
-class Engine:
-    """A real ``python -m engine`` process with a reader that hands back events by kind."""
-
-    def __init__(self):
-        from farense_tui.engine_client import EngineProcess
-
-        self.proc = EngineProcess().start()
-        self.events = self.proc.events()
-        hello = next(self.events)
-        assert hello.type == "hello"
-
-    def send(self, record):
-        assert self.proc.send(record)
-
-    def until(self, *kinds, on_event=None) -> list:
-        """Events up to and including the first of ``kinds``."""
-        seen = []
-        for event in self.events:
-            seen.append(event)
-            if on_event:
-                on_event(event)
-            if event.type in kinds:
-                return seen
-        raise AssertionError(f"the engine ended before {kinds}: {self.proc.crash_report()}")
-
-
 @pytest.fixture(scope="module")
 def engine():
-    e = Engine()
+    e = EngineRun()
+    e.until(lambda ev: ev.type == "hello")
     yield e
-    e.proc.close()
+    e.close()
+
+
+def of_type(events, kind):
+    return [e for e in events if e.type == kind]
 
 
 @pytest.mark.slow
 def test_protocol_round_trip(engine, tiny_model, adapters):
-    engine.send(P.Chat(id="early", message="Olá"))
-    error = engine.until("error")[-1]
+    early = engine.request(P.Chat(id="early", message="Olá"))
+    error = of_type(early, "error")[-1]
     assert "chat_load" in error.message and "\n" not in error.message
+    assert (early[-1].status, early[-1].message) == ("failed", error.message)
 
-    engine.send(P.ChatLoad(model=str(tiny_model), adapter=str(adapters["a"])))
-    loaded = engine.until("chat_loaded", "error")[-1]
-    assert loaded.type == "chat_loaded", loaded
-    assert loaded.adapter == str(adapters["a"].resolve())
+    events = engine.request(P.ChatLoad(model=str(tiny_model), adapter=str(adapters["a"])))
+    assert events[-1].status == "ok", events
+    assert of_type(events, "chat_loaded")[-1].adapter == str(adapters["a"].resolve())
 
-    engine.send(P.Chat(id="r1", message="Quando foi fundado o Farense?", max_tokens=20, **GREEDY))
-    events = engine.until("reply_done")
-    tokens = [e for e in events if e.type == "token"]
-    done = events[-1]
+    events = engine.request(P.Chat(id="r1", message="Quando foi fundado o Farense?", max_tokens=20, **GREEDY))
+    tokens = of_type(events, "token")
+    done = of_type(events, "reply_done")[-1]
     assert tokens and all(t.id == "r1" for t in tokens)
     assert "".join(t.text for t in tokens) == done.text
     assert done.finish_reason in ("stop", "length") and done.generation_tokens > 0
@@ -315,18 +294,16 @@ def test_protocol_round_trip(engine, tiny_model, adapters):
     assert done.text == reference_text(tiny_model, adapters["a"], prompt, 20)
 
     # switch to the bare base and reset: the same question gives the base's greedy answer
-    engine.send(P.ChatAdapter(adapter=None))
-    assert engine.until("chat_loaded")[-1].adapter is None
-    engine.send(P.ChatReset())
-    engine.send(P.Chat(id="r2", message="Quando foi fundado o Farense?", max_tokens=20, **GREEDY))
-    done = engine.until("reply_done")[-1]
+    assert of_type(engine.request(P.ChatAdapter(adapter=None)), "chat_loaded")[-1].adapter is None
+    assert engine.request(P.ChatReset())[-1].status == "ok"
+    done = of_type(engine.request(P.Chat(id="r2", message="Quando foi fundado o Farense?", max_tokens=20,
+                                         **GREEDY)), "reply_done")[-1]
     assert done.text == reference_text(tiny_model, None, prompt, 20)
 
 
 @pytest.mark.slow
 def test_cancel_through_the_engine_stops_at_once_and_later_commands_wait(engine, tiny_model):
-    engine.send(P.ChatLoad(model=str(tiny_model)))
-    assert engine.until("chat_loaded", "error")[-1].type == "chat_loaded"
+    assert engine.request(P.ChatLoad(model=str(tiny_model)))[-1].status == "ok"
 
     def cancel_on_first_token(event):
         if event.type == "token" and event.id == "long" and not sent:
@@ -336,16 +313,17 @@ def test_cancel_through_the_engine_stops_at_once_and_later_commands_wait(engine,
             engine.send(P.Cancel(id="long"))
 
     sent: list = []
-    engine.send(P.Chat(id="long", message="Olá", max_tokens=100_000, **GREEDY))
-    events = engine.until("reply_done", on_event=cancel_on_first_token)
-    done = events[-1]
-    assert done.id == "long" and done.finish_reason == "cancelled"
+    events = engine.request(P.Chat(id="long", message="Olá", max_tokens=100_000, **GREEDY),
+                            on_event=cancel_on_first_token)
+    done = of_type(events, "reply_done")[-1]
+    assert done.id == "long" and done.finish_reason == "cancelled" and events[-1].status == "cancelled"
     assert done.generation_tokens < 5_000
     assert "".join(e.text for e in events if e.type == "token") == done.text
 
-    # the chat sent mid-reply is answered afterwards
-    events = engine.until("reply_done")
-    assert events[-1].id == "next" and events[-1].generation_tokens == 3
+    # the chat sent mid-reply is answered afterwards, as its own job
+    engine.until(lambda e: e.type == "finished" and e.id == "next")
+    after = engine.events[engine.events.index(events[-1]) + 1:]
+    assert of_type(after, "reply_done")[-1].id == "next" and of_type(after, "reply_done")[-1].generation_tokens == 3
 
 
 def test_the_default_model_not_installed_is_one_sentence(tmp_path, monkeypatch):

@@ -56,6 +56,28 @@ def test_pause_resume_stop(tiny_model, tiny_data, tmp_path):
         eng.close()
 
 
+def test_every_job_ends_with_one_finished_event(tiny_model, tiny_data, tmp_path):
+    """A job's end is explicit: ok, failed with the error's sentence, or busy when another job runs."""
+    eng = EngineRun()
+    try:
+        failed = eng.request(P.ChatReset())  # no chat model loaded
+        errors = [e for e in failed if isinstance(e, P.Error)]
+        assert [e.type for e in failed].count("finished") == 1 and failed[-1].command == "chat_reset"
+        assert failed[-1].status == "failed" and failed[-1].message == errors[0].message
+        eng.send(P.Train(config=base_config(tiny_model, tiny_data, iters=400, save_every=1000), run_dir=str(tmp_path)))
+        eng.until(lambda e: isinstance(e, P.Step))
+        busy = eng.request(P.Preflight(config={}))  # refused at once: training runs
+        assert busy[-1].status == "busy" and "training" in busy[-1].message
+        assert not any(isinstance(e, P.Check) for e in busy)
+        eng.send(P.Stop())
+        ended = eng.until(lambda e: isinstance(e, P.Finished))
+        assert (ended.command, ended.status) == ("train", "ok")
+        done = [e for e in eng.events if isinstance(e, P.Done)]
+        assert len(done) == 1 and eng.events.index(done[0]) < eng.events.index(ended)  # the result, then the end
+    finally:
+        eng.close()
+
+
 def test_sigterm_behaves_like_stop(tiny_model, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     eng = EngineRun()
@@ -156,13 +178,11 @@ def test_engine_reports_openblas_when_debian_openblas_is_installed():
     import pytest
 
     from farense_core.blas import DEBIAN_OPENBLAS
-    from farense_tui.engine_client import EngineProcess
 
     if not os.path.exists(DEBIAN_OPENBLAS) or not sys.platform.startswith("linux"):
         pytest.skip("Debian's libopenblas0-pthread is not installed")
-    eng = EngineProcess().start()
+    eng = EngineRun()
     try:
-        hello = next(iter(eng.events()))
-        assert hello.blas == "openblas"
+        assert eng.until(lambda e: e.type == "hello").blas == "openblas"
     finally:
         eng.close()

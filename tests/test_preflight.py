@@ -541,23 +541,20 @@ def test_the_recommended_config_trains(probed, tmp_path):
 
 
 def test_the_engine_streams_checks_then_preflight_done(tmp_path, tiny_model, tiny_data):
-    from farense_tui.engine_client import EngineProcess
+    from enginetools import EngineRun
 
-    engine = EngineProcess().start()
-    events = []
+    engine = EngineRun()
     try:
-        engine.send(P.Preflight(config={"model": str(tiny_model), "data": str(tiny_data), "num_layers": 4},
-                                out=str(tmp_path / "out")))
-        for ev in engine.events():
-            events.append(ev)
-            if isinstance(ev, (P.PreflightDone, P.Error)):
-                break
+        events = engine.request(P.Preflight(config={"model": str(tiny_model), "data": str(tiny_data),
+                                                    "num_layers": 4}, out=str(tmp_path / "out")))
     finally:
         engine.close()
     kinds = [type(e).__name__ for e in events]
     assert "Error" not in kinds, [e.message for e in events if isinstance(e, P.Error)]
+    assert events[-1].status == "ok" and kinds[-2] == "PreflightDone"
+    events = events[:-1]
     checks = [e for e in events if isinstance(e, P.Check)]
-    assert kinds[-1] == "PreflightDone" and len(checks) > 15
+    assert len(checks) > 15
     assert {c.category for c in checks} >= {"python", "packages", "hardware", "device", "data", "model", "disk",
                                             "memory"}
     done = events[-1]

@@ -17,21 +17,17 @@ import shutil
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from farense_core import protocol as P
 
-from ..engine_client import EngineProcess
+from ..engine_client import EngineGone, EngineProcess
 
 SIDE_BY_SIDE_MIN_WIDTH = 100
 
 
 class ChatFailed(Exception):
-    """The engine reported an error (one sentence) or went away."""
-
-
-class EngineGone(ChatFailed):
-    """The engine process ended: nothing more can be asked of it."""
+    """The engine reported an error (one sentence)."""
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -68,59 +64,60 @@ def reply_settings(args: argparse.Namespace) -> dict:
 
 
 class EngineChat:
-    """The chat commands of one engine process, as blocking calls."""
+    """The chat commands of one engine process, as blocking calls (``EngineGone`` when it dies)."""
 
     def __init__(self):
         self.engine = EngineProcess().start()
-        self._events: Iterator[P.Record] = self.engine.events()
         self._ids = itertools.count(1)
-        self._next(("hello",))
 
-    def _next(self, kinds: tuple, on_event: Optional[Callable[[P.Record], None]] = None) -> P.Record:
-        for event in self._events:
-            if isinstance(event, P.Error):
-                raise ChatFailed(event.message)
+    def _job(self, command: P.Record, on_event: Optional[Callable[[P.Record], None]] = None,
+             interruptible: Optional[P.Record] = None) -> P.Finished:
+        """Run one job; warnings go to stderr; a failed job raises ``ChatFailed``. With ``interruptible``,
+        a first Ctrl-C sends it (a cancel) and the job goes on to its end; a second gives up."""
+
+        def forward(event: P.Record) -> None:
             if isinstance(event, P.Warning):
                 print(f"warning: {event.message}", file=sys.stderr)
             if on_event is not None:
                 on_event(event)
-            if event.type in kinds:
-                return event
-        raise EngineGone(self.engine.crash_report())
+
+        try:
+            finished = self.engine.request(command, forward)
+        except KeyboardInterrupt:
+            if interruptible is None:
+                raise
+            # the engine shares the terminal and got the same SIGINT; cancel explicitly anyway
+            self.engine.send(interruptible)
+            finished = self.engine.wait_for(command, forward)
+        if finished.status == "failed":
+            raise ChatFailed(finished.message)
+        return finished
 
     def load(self, model: str, adapter: Optional[str]) -> P.ChatLoaded:
-        self.engine.send(P.ChatLoad(model=model, adapter=adapter))
-        return self._next(("chat_loaded",))
+        loaded: list[P.ChatLoaded] = []
+        self._job(P.ChatLoad(model=model, adapter=adapter),
+                  lambda e: loaded.append(e) if isinstance(e, P.ChatLoaded) else None)
+        return loaded[-1]
 
     def use_adapter(self, adapter: Optional[str]) -> None:
-        self.engine.send(P.ChatAdapter(adapter=adapter))
-        self._next(("chat_loaded",))
+        self._job(P.ChatAdapter(adapter=adapter))
 
     def reset(self) -> None:
-        self.engine.send(P.ChatReset())
+        self._job(P.ChatReset())
 
     def reply(self, message: str, settings: dict, on_token: Callable[[str], None]) -> P.ReplyDone:
         """One reply; tokens go to ``on_token``. Ctrl-C cancels it (the partial reply is returned)."""
         reply_id = f"r{next(self._ids)}"
-        self.engine.send(P.Chat(id=reply_id, message=message, **settings))
+        done: list[P.ReplyDone] = []
 
         def forward(event: P.Record) -> None:
             if isinstance(event, P.Token) and event.id == reply_id:
                 on_token(event.text)
+            elif isinstance(event, P.ReplyDone) and event.id == reply_id:
+                done.append(event)
 
-        interrupted = False
-        while True:
-            try:
-                done = self._next(("reply_done",), forward)
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise  # a second Ctrl-C: give up waiting
-                # the engine shares the terminal and got the same SIGINT; cancel explicitly anyway
-                interrupted = True
-                self.engine.send(P.Cancel(id=reply_id))
-                continue
-            if done.id == reply_id:
-                return done
+        self._job(P.Chat(id=reply_id, message=message, **settings), forward, interruptible=P.Cancel(id=reply_id))
+        return done[-1]
 
     def close(self) -> None:
         self.engine.close()
@@ -218,8 +215,6 @@ def converse(chat: EngineChat, term: Terminal, args: argparse.Namespace, setting
                 compare(chat, term, line, settings, args.adapter)
             else:
                 answer(chat, term, line, settings)
-        except EngineGone:
-            raise
         except ChatFailed as e:  # this message failed; the conversation goes on
             print(f"farense-tui chat: {e}", file=sys.stderr)
 
@@ -242,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             answer(chat, term, args.prompt, settings)
         return 0
-    except ChatFailed as e:
+    except (ChatFailed, EngineGone) as e:
         print(f"farense-tui chat: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

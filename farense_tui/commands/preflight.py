@@ -19,7 +19,8 @@ from typing import Optional, Sequence, TextIO
 from farense_core import config as C
 from farense_core import protocol as P
 
-from ..engine_client import EngineProcess
+from ..describe import describe
+from ..engine_client import EngineGone, EngineProcess
 from ..format import size
 
 COLOURS = {"pass": "32", "warn": "33", "fail": "31"}  # ANSI green, yellow, red
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
     engine.start()
     table = Table(out, out.isatty() if tty is None else tty)
     done: Optional[P.PreflightDone] = None
-    stopping = started = ended = False
+    stopping = False
 
     def on_signal(signum, frame):
         nonlocal stopping
@@ -140,41 +141,34 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
         else:
             engine.proc.kill()
 
+    def show(ev: P.Record) -> None:
+        nonlocal done
+        if isinstance(ev, P.PreflightDone):
+            done = ev
+        elif isinstance(ev, P.Check):
+            if not args.json:
+                table.check(ev)
+        elif isinstance(ev, P.ProbeResult):
+            if not args.json:
+                table.probe(ev)
+        elif isinstance(ev, (P.Warning, P.Error)):
+            print(describe(ev).text, file=sys.stderr)
+        elif isinstance(ev, P.Hello) and not args.json:
+            table.line(describe(ev).text)
+
     old = signal.signal(signal.SIGINT, on_signal)
     try:
-        engine.send(P.Preflight(config=raw, out=args.out, probe=bool(args.probe), probe_seconds=args.probe_seconds))
-        for ev in engine.events():
-            if isinstance(ev, P.Hello) and not args.json:
-                table.line(f"engine {ev.engine_version} on {ev.device} ({ev.blas} BLAS), mlx {ev.mlx_version}, "
-                           f"mlx-lm {ev.mlx_lm_version}")
-            elif isinstance(ev, P.Check) and not args.json:
-                table.check(ev)
-            elif isinstance(ev, P.ProbeResult) and not args.json:
-                table.probe(ev)
-            elif isinstance(ev, P.Warning):
-                print(f"warning: {ev.message}", file=sys.stderr)
-            elif isinstance(ev, P.Error):
-                print(f"error: {ev.message}", file=sys.stderr)
-                if ev.traceback:
-                    print(ev.traceback.rstrip(), file=sys.stderr)
-            elif isinstance(ev, P.PreflightDone):
-                done = ev
-                break
-            elif isinstance(ev, P.State):
-                if ev.state == "preflight":
-                    started = True
-                elif ev.state == "idle" and started:
-                    ended = True  # the handler ended without a report: its error was printed above
-                    break
+        finished = engine.request(P.Preflight(config=raw, out=args.out, probe=bool(args.probe),
+                                              probe_seconds=args.probe_seconds), show)
+    except EngineGone as e:
+        print(f"farense-tui: {e}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGINT, old)
         engine.close()
     if done is None:
-        if ended:
-            print("farense-tui: preflight ended without a report; fix the error above and run it again.",
-                  file=sys.stderr)
-        else:
-            print(f"farense-tui: {engine.crash_report()}", file=sys.stderr)
+        print(f"farense-tui: preflight ended without a report ({finished.message or finished.status}); fix the "
+              f"error above and run it again.", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(done.report, indent=2, ensure_ascii=False), file=out)

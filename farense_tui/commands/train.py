@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from farense_core import config as C
 from farense_core import protocol as P
+from farense_core.rundir import RunDir
 
-from ..engine_client import EngineProcess
+from ..describe import describe
+from ..engine_client import EngineGone, EngineProcess
 from ..format import duration, size
 
 EXIT = {"completed": 0, "early_stopped": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "stopped": 130}
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
     elif not args.resume:
         print("farense-tui: --config is needed to start a run (it is optional only with --resume).", file=sys.stderr)
         return 2
-    elif not (Path(args.run_dir) / "config.yaml").exists():
+    elif not RunDir(args.run_dir).config.exists():
         print(f"farense-tui: {args.run_dir} has no config.yaml to resume from; pass --config.", file=sys.stderr)
         return 2
 
@@ -103,76 +104,51 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
 
     old = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
+
+    def show(ev: P.Record) -> None:
+        nonlocal status
+        if isinstance(ev, P.Config):
+            progress.report_every = int(ev.config.get("steps_per_report", 10))
+        if isinstance(ev, P.Data):
+            progress.start(ev.total_updates)
+        if isinstance(ev, P.Step):
+            progress.start(ev.total_steps)
+            progress.step(ev)
+        elif isinstance(ev, P.Done):
+            status = ev.status
+            progress.stop()
+            print(describe(ev).text)
+            print(outcome(ev, args.run_dir))
+        elif (line := describe(ev)) is not None:
+            progress.line(line.text)
+
     try:
-        engine.send(P.Train(config=raw, run_dir=str(args.run_dir), resume=bool(args.resume)))
-        for ev in engine.events():
-            if isinstance(ev, P.Hello):
-                progress.line(f"engine {ev.engine_version} on {ev.device} ({ev.blas} BLAS), mlx {ev.mlx_version}, mlx-lm {ev.mlx_lm_version}")
-            elif isinstance(ev, P.Config):
-                progress.report_every = int(ev.config.get("steps_per_report", 10))
-                if ev.resumed_from:
-                    progress.line(f"resuming from {ev.resumed_from}")
-            elif isinstance(ev, P.Model):
-                q = f", stored {ev.quantization['bits']}-bit" if ev.quantization else ""
-                progress.line(f"model {ev.path}: {ev.parameters / 1e6:.1f}M parameters{q}, base in {ev.base_dtype}, "
-                              f"{ev.trainable_parameters / 1e6:.3f}M trainable")
-            elif isinstance(ev, P.Data):
-                progress.line(f"data: {ev.train_samples} train / {ev.valid_samples} valid ({ev.format}), "
-                              f"{ev.total_updates} updates, {ev.padding_efficiency:.0%} of batch positions are real tokens")
-                progress.start(ev.total_updates)
-            elif isinstance(ev, P.Step):
-                progress.start(ev.total_steps)
-                progress.step(ev)
-            elif isinstance(ev, P.Eval):
-                mark = " (best)" if ev.is_best else ""
-                progress.line(f"update {ev.step}: val_loss {ev.val_loss:.4f}{mark}")
-            elif isinstance(ev, P.Recall):
-                parts = ", ".join(f"{name} {value:.1%}" for name, value in
-                                  (("trained", ev.trained), ("paraphrase", ev.paraphrase)) if value is not None)
-                mark = " (best)" if ev.is_best else ""
-                progress.line(f"update {ev.step}: recall {ev.recall:.1%} ({parts}), token accuracy "
-                              f"{ev.token_accuracy:.1%}{mark}")
-            elif isinstance(ev, P.Advice):
-                progress.line(f"advice ({ev.code}): {ev.message}")
-            elif isinstance(ev, P.Checkpoint):
-                progress.line(f"checkpoint {ev.reason}: {ev.path}")
-            elif isinstance(ev, P.Warning):
-                progress.line(f"warning: {ev.message}")
-            elif isinstance(ev, P.Error):
-                progress.line(f"error: {ev.message}")
-                if ev.traceback:
-                    progress.line(ev.traceback.rstrip())
-            elif isinstance(ev, P.State) and ev.state == "paused":
-                progress.line("paused")
-            elif isinstance(ev, P.Done):
-                status = ev.status
-                progress.stop()
-                s = ev.summary
-                if status in P.Done.FINISHED:
-                    best = s.get("best_val_loss")
-                    recall = s.get("best_recall")
-                    print(f"{'done' if status == 'completed' else 'stopped early'}: {s.get('updates')} updates in "
-                          f"{duration(s.get('elapsed', 0))}, {s.get('tokens_per_second', 0):.0f} tok/s, "
-                          f"final loss {s.get('final_loss') or 0:.4f}"
-                          + (f", best recall {recall:.1%}" if recall is not None else "")
-                          + (f", best val_loss {best:.4f}" if best is not None else "")
-                          + f"\nbest adapter (by {s.get('best_by')}, update {s.get('best_step')}): {s.get('adapters')}"
-                          + f"\nfinal adapter: {s.get('final')}")
-                elif status == "diverged":
-                    print(f"diverged at update {s.get('updates')}: no final adapter; see the advice above.")
-                elif status in ("stopped", "memory_guard"):
-                    print(f"{status}: checkpoint saved at update {s.get('updates')}; continue with "
-                          f"'farense-tui train --run-dir {args.run_dir} --resume'")
-                break
+        engine.request(P.Train(config=raw, run_dir=str(args.run_dir), resume=bool(args.resume)), show)
+    except EngineGone as e:
+        print(f"farense-tui: {e}", file=sys.stderr)
+        return 1
     finally:
         progress.stop()
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
         engine.close()
-    if status is None:
-        print(f"farense-tui: {engine.crash_report()}", file=sys.stderr)
-        return 1
     return EXIT.get(status, 1)
+
+
+def outcome(done: P.Done, run_dir: str) -> str:
+    """What the run left and what to do next."""
+    s = done.summary
+    if done.status in P.Done.FINISHED:
+        return (f"{s.get('updates')} updates in {duration(s.get('elapsed', 0))}, {s.get('tokens_per_second', 0):.0f} "
+                f"tok/s, final loss {s.get('final_loss') or 0:.4f}\n"
+                f"best adapter (by {s.get('best_by')}, update {s.get('best_step')}): {s.get('adapters')}\n"
+                f"final adapter: {s.get('final')}")
+    if done.status == "diverged":
+        return f"diverged at update {s.get('updates')}: no final adapter; see the advice above."
+    if done.status in ("stopped", "memory_guard"):
+        return (f"checkpoint saved at update {s.get('updates')}; continue with "
+                f"'farense-tui train --run-dir {run_dir} --resume'")
+    return "no run; fix the error above and start again."
 
 
 def main(argv: Sequence[str]) -> int:

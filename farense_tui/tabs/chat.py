@@ -319,11 +319,10 @@ class ChatTab(TabPane):
             self.evaluating = False
             self.status(event.message, error=True)
             self._fail_pending(event.message)
+        elif isinstance(event, P.Finished) and event.command == "evaluate" and event.status == "cancelled":
+            self.evaluating = False
+            self.status("Evaluation stopped.")
         elif isinstance(event, P.Warning):
-            if event.code == "cancelled" and self.evaluating:
-                self.evaluating = False
-                self.status("Evaluation stopped.")
-                return
             self.app.notify(event.message, title="Chat", severity="warning")
 
     def _evaluation_done(self, event: P.EvaluateDone) -> None:

@@ -136,6 +136,7 @@ class FakeEngine:
                 self._emit(P.Checkpoint(step=step, epoch=1, path=f"{command.run_dir}/checkpoints/step_{step:06d}",
                                         reason="stop"))
                 self._emit(P.Done(status="stopped", summary={"steps": step}))
+                self._emit(P.Finished(command="train"))
                 self._emit(P.State(state="idle"))
                 return
             if isinstance(event, P.Config):
@@ -156,7 +157,9 @@ class FakeEngine:
 
     def _chat(self, record: P.Record) -> None:
         if self.chat_mode == "unsupported":
-            self._emit(P.Error(message=f"The engine cannot handle {record.type!r} commands yet.", code="unsupported"))
+            message = f"The engine cannot handle {record.type!r} commands yet."
+            self._emit(P.Error(message=message, code="unsupported"))
+            self._emit(P.Finished(command=record.type, status="failed", message=message))
             return
         if isinstance(record, P.ChatLoad):
             self.adapter = record.adapter
@@ -167,6 +170,8 @@ class FakeEngine:
         elif isinstance(record, P.Chat):
             self._cancel.clear()
             self._play(self._reply, record, self.adapter)
+            return
+        self._emit(P.Finished(command=record.type))
 
     def _reply(self, chat: P.Chat, adapter: Optional[str]) -> None:
         words = (self.REPLY if adapter else "O Farense é um clube de futebol.").split(" ")
@@ -175,12 +180,14 @@ class FakeEngine:
             self._wait()
             if self._cancel.is_set():
                 self._emit(P.ReplyDone(id=chat.id, text=text, finish_reason="cancelled", generation_tokens=i))
+                self._emit(P.Finished(command="chat", status="cancelled", id=chat.id))
                 return
             piece = word if i == 0 else " " + word
             text += piece
             self._emit(P.Token(id=chat.id, text=piece))
         self._emit(P.ReplyDone(id=chat.id, text=text, finish_reason="stop", prompt_tokens=24, prompt_tps=310.0,
                                generation_tokens=len(words), generation_tps=42.0, time_to_first_token=0.12))
+        self._emit(P.Finished(command="chat", id=chat.id))
 
 
     WRONG = {"kind": "jogo", "question": "Qual foi o resultado do Farense contra o Olhanense em 1935-03-17?",
@@ -196,7 +203,7 @@ class FakeEngine:
             if self.hold_evaluation and done == 4:
                 self._cancel.wait(30)
             if self._cancel.is_set():
-                self._emit(P.Warning(message="The evaluation was cancelled.", code="cancelled"))
+                self._emit(P.Finished(command="evaluate", status="cancelled"))
                 return
             self._emit(P.EvaluateProgress(done=done, total=4, probe=command.probe, system="adapter"))
         result = {"all": {"n": 4, "exact": 0.5, "facts": 0.75}, "token_exact": 0.5,
@@ -205,6 +212,7 @@ class FakeEngine:
         report = {"model": "models/smollm2-135m", "adapter": self.adapter, "probes": [
             {"probe": command.probe, "source": f"{command.data}/train.jsonl", "n": 4, "systems": {"adapter": result}}]}
         self._emit(P.EvaluateDone(report=report, path=f"{command.data}/../checkpoints/run/eval.json"))
+        self._emit(P.Finished(command="evaluate"))
 
 
 class FakeFactory:

@@ -108,6 +108,7 @@ def run_events() -> list[P.Record]:
             "best_val_loss": best, "best_recall": RECALL[4][2], "best_by": "recall",
             "best_adapter": f"{RUN_DIR}/adapters", "final_adapter": f"{RUN_DIR}/final",
         }),
+        P.Finished(command="train"),
         P.State(state="idle"),
     ]
     return events
@@ -144,6 +145,7 @@ def preflight_events() -> list[P.Record]:
         P.PreflightDone(report={"pass": 7, "warn": 2, "fail": 1}, recommended=recommended,
                         report_path="checkpoints/preflight_report.json",
                         recommended_path="checkpoints/recommended_config.json"),
+        P.Finished(command="preflight"),
         P.State(state="idle"),
     ]
 
