@@ -278,6 +278,9 @@ IGNORED_MLX_LM_KEYS = {
 }
 
 
+RECOMMENDED_FILE = "recommended_config.json"  # preflight writes it into its output folder
+
+
 def defaults() -> dict:
     return {s.key: copy.deepcopy(s.default) for s in SETTINGS}
 

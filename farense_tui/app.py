@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as _dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -23,7 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from .engine_worker import EngineFactory, EngineLink, start_engine_process
 from .messages import OpenRun, RecommendedConfig, TrainingStarted
-from .runs import read_json
+from .session import Session
 from .tabs.chat import ChatTab
 from .tabs.config import ConfigTab
 from .tabs.monitor import MonitorTab
@@ -61,21 +62,32 @@ class FarenseApp(App):
     def __init__(self, options: AppOptions) -> None:
         super().__init__()
         self.options = options
-        self.recommended: Optional[dict] = None
         self.links = {
             "train": EngineLink(self, "train", options.engine_factory, lambda: [self.train_tab]),
             "preflight": EngineLink(self, "preflight", options.engine_factory, lambda: [self.preflight_tab]),
             "chat": EngineLink(self, "chat", options.engine_factory, lambda: [self.chat_tab], keep_alive=True),
         }
+        self.session = Session(self.links, options.checkpoints_dir, options.config_path, options.clock,
+                               tab_keys=self.tab_keys())
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="⚽")
         with TabbedContent(initial="preflight"):
             for tab_class in TAB_CLASSES:
-                yield tab_class()
+                yield tab_class(self.session)
         yield Footer(compact=True)
 
+    def tab_keys(self) -> dict[str, str]:
+        """Tab id -> the key of the binding that shows it ("F3"), for the tabs' hints."""
+        keys = {}
+        for b in Binding.make_bindings(self.BINDINGS):
+            found = re.fullmatch(r"show_tab\('(\w+)'\)", b.action)
+            if found:
+                keys[found.group(1)] = b.key.upper() if re.fullmatch(r"f\d+", b.key) else b.key
+        return keys
+
     def on_mount(self) -> None:
+        self.session.config = self.config_tab
         self.theme = self.options.theme
         self.action_show_tab("preflight")  # focus in the first tab, so its keys work from the start
 
@@ -127,14 +139,8 @@ class FarenseApp(App):
     # -- messages between tabs
 
     def on_recommended_config(self, message: RecommendedConfig) -> None:
-        self.recommended = message.recommended
-        self.config_tab.recommended = message.recommended
         if message.apply and self.config_tab.apply_recommended():
-            self.notify("The Config tab (F2) now holds the recommended settings.", title="Preflight")
-
-    def find_recommended(self) -> Optional[dict]:
-        """This session's recommendation, else the one preflight last wrote to the checkpoints folder."""
-        return self.recommended or read_json(self.options.checkpoints_dir / "recommended_config.json")
+            self.notify(f"The {self.session.tab('config')} now holds the recommended settings.", title="Preflight")
 
     def on_open_run(self, message: OpenRun) -> None:
         self.action_show_tab("monitor")

@@ -20,6 +20,7 @@ from ..messages import EngineEvent, EngineExited, ReplyProgress
 from ..runs import format_loss, list_runs
 from ..widgets.chat_log import ChatLog
 from ..widgets.eval_report import EvalReportScreen
+from ..session import Session
 
 NO_ADAPTER = "none"
 
@@ -71,8 +72,9 @@ class ChatTab(TabPane):
     ChatTab .caption { text-style: bold; color: $accent; }
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__("Chat", id="chat")
+        self.session = session
         self.loaded: Optional[tuple[str, Optional[str]]] = None  # what the engine was asked to load
         self.load_confirmed = False  # the engine answered the last load with chat_loaded
         self.pending: dict[str, PendingReply] = {}
@@ -121,10 +123,10 @@ class ChatTab(TabPane):
         """Adapters of the runs found (the newest first, chosen by default); the Config tab's model."""
         model = self.query_one("#chat-model", Input)
         if not model.value.strip():
-            model.value = str(self.app.config_tab.raw().get("model") or "")
+            model.value = str(self.session.settings().get("model") or "")
         select = self.query_one("#chat-adapter", Select)
         options = [("none: the base model", NO_ADAPTER)]
-        for run in list_runs(self.app.options.checkpoints_dir):
+        for run in list_runs(self.session.checkpoints_dir):
             if run.adapter is not None:
                 score = (f"recall {run.best_recall:.0%}" if run.best_recall is not None
                          else f"best val {format_loss(run.best_val_loss)}")
@@ -145,7 +147,7 @@ class ChatTab(TabPane):
         if not model:
             self.status("Name a model first (a folder or a Hugging Face id).", error=True)
             return False
-        link = self.app.links["chat"]
+        link = self.session.links["chat"]
         if not link.running:
             try:
                 link.start()
@@ -215,7 +217,7 @@ class ChatTab(TabPane):
             return
         if not self._ensure_loaded():
             return
-        link = self.app.links["chat"]
+        link = self.session.links["chat"]
         self.query_one("#prompt", Input).value = ""
         self.log_widget.add_user(text)
         if compare:
@@ -235,12 +237,12 @@ class ChatTab(TabPane):
     def _send_chat(self, chat: P.Chat) -> None:
         self.current = chat.id
         self.add_class("-replying")
-        if not self.app.links["chat"].send(chat):
+        if not self.session.links["chat"].send(chat):
             self._fail_pending("The chat engine is not running; press ctrl+l to load the model again.")
 
     def action_stop_reply(self) -> None:
         if self.evaluating:
-            self.app.links["chat"].send(P.Cancel())
+            self.session.links["chat"].send(P.Cancel())
             self.status("Stopping the evaluation…")
             return
         if self.current is None:
@@ -250,7 +252,7 @@ class ChatTab(TabPane):
             # a stopped comparison does not go on to the adapter's answer
             self._fail_pending_reply(pending.then[1].id, "stopped before it started")
             pending.then = None
-        self.app.links["chat"].send(P.Cancel(id=self.current))
+        self.session.links["chat"].send(P.Cancel(id=self.current))
         self.status("Stopping the reply…")
 
     def action_evaluate(self) -> None:
@@ -260,9 +262,9 @@ class ChatTab(TabPane):
             return
         if not self._ensure_loaded():
             return
-        data = str(self.app.config_tab.raw().get("data") or "data")
+        data = str(self.session.settings().get("data") or "data")
         command = P.Evaluate(probe="recall", data=data, base=False)
-        if not self.app.links["chat"].send(command):
+        if not self.session.links["chat"].send(command):
             self.status("The chat engine is not running; press ctrl+l to load the model again.", error=True)
             return
         self.evaluating = True
@@ -277,7 +279,7 @@ class ChatTab(TabPane):
             self.action_stop_reply()
         self.pending.clear()  # what still arrives of a stopped reply is dropped
         self.log_widget.clear_log()
-        self.app.links["chat"].send(P.ChatReset())
+        self.session.links["chat"].send(P.ChatReset())
         self.status("New conversation.")
 
     @on(Button.Pressed, "#new-chat")
@@ -345,7 +347,7 @@ class ChatTab(TabPane):
                                      failed=event.finish_reason == "cancelled")
         if pending.then is not None:
             adapter, chat = pending.then
-            self.app.links["chat"].send(P.ChatAdapter(adapter=adapter))
+            self.session.links["chat"].send(P.ChatAdapter(adapter=adapter))
             self.loaded = (self.loaded[0], adapter) if self.loaded else None
             self._send_chat(chat)
             return

@@ -21,6 +21,7 @@ from farense_core import config as C
 
 from ..runs import new_run_dir
 from ..widgets.deferred import mount_after_first_frame
+from ..session import Session
 
 UNSET = object()  # an empty field: the setting's default
 FieldText = Union[str, bool]  # an Input's text, or a Switch's state
@@ -140,9 +141,9 @@ class ConfigTab(TabPane):
     ConfigTab #config-notes { color: $warning; }
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__("Config", id="config")
-        self.recommended: Optional[dict] = None
+        self.session = session
         self.texts: dict[str, FieldText] = {s.key: field_text(s, s.default) for s in C.SETTINGS}
         self.fields = {s.key: SettingField(s, self.texts[s.key]) for s in C.SETTINGS}  # mounted lazily
         self._revalidate_pending = False
@@ -156,7 +157,7 @@ class ConfigTab(TabPane):
                 yield Label("Validation")
                 yield Static("", id="config-status")
                 yield Label("YAML file (ctrl+o load, ctrl+s save)")
-                yield Input(value=str(self.app.options.config_path or "config.yaml"), id="config-path")
+                yield Input(value=str(self.session.config_path or "config.yaml"), id="config-path")
                 with Horizontal():
                     yield Button("Load", id="load")
                     yield Button("Save", id="save")
@@ -176,7 +177,7 @@ class ConfigTab(TabPane):
         # the fields (most of the app's widgets) mount after the first frame; until then they
         # keep what set_values gives them
         mount_after_first_frame(self.query_one("#settings", VerticalScroll), self._settings())
-        path = self.app.options.config_path
+        path = self.session.config_path
         if path:
             self.load(path)
         else:
@@ -249,9 +250,8 @@ class ConfigTab(TabPane):
                          f"{C.effective_batch_size(cfg)} samples per update")
 
     def _show_command(self) -> None:
-        options = self.app.options
         path = self.query_one("#config-path", Input).value.strip() or "config.yaml"
-        run_dir = new_run_dir(options.checkpoints_dir, options.clock())
+        run_dir = new_run_dir(self.session.checkpoints_dir, self.session.clock())
         self.query_one("#command-preview", Static).update(
             f"Save the config, then run:\n{C.command_line(path, str(run_dir))}"
         )
@@ -303,9 +303,10 @@ class ConfigTab(TabPane):
         return True
 
     def apply_recommended(self) -> bool:
-        recommended = self.recommended or self.app.find_recommended()
+        recommended = self.session.find_recommended()
         if not recommended:
-            self.app.notify("There is no recommended config yet; run preflight first (F1, then r).",
+            self.app.notify(f"There is no recommended config yet; run preflight first "
+                            f"({self.session.tab_keys.get('preflight', 'Preflight')}, then r).",
                             title="Config", severity="warning")
             return False
         notes = self.set_values(recommended, replace=False)

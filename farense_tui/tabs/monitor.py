@@ -20,6 +20,7 @@ from ..widgets.deferred import mount_after_first_frame
 from ..widgets.gauge import Gauge
 from ..widgets.metric_plot import Line, MetricPlot
 from ..widgets.sparkline import LossSparkline
+from ..session import Session
 
 REDRAW_SECONDS = 0.5
 
@@ -55,15 +56,17 @@ class MonitorTab(TabPane):
     MonitorTab #advice.-shown { display: block; }
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__("Monitor", id="monitor")
+        self.session = session
         self.history: Optional[RunHistory] = None
         self.live: Optional[RunHistory] = None
         self.following_live = True
         self._drawn_version = -1
 
     def compose(self) -> ComposeResult:
-        yield Static("No run yet: start one in Train (F3), or open a past run below.", id="monitor-source")
+        yield Static(f"No run yet: start one in the {self.session.tab('train')}, or open a past run below.",
+                     id="monitor-source")
         yield Static("", id="advice")
         with Horizontal(id="monitor-top"):
             with Vertical(id="gauges"):
@@ -119,7 +122,7 @@ class MonitorTab(TabPane):
     def action_follow_live(self) -> None:
         self.following_live = True
         if self.live is None:
-            self.app.notify("No run is live; start one in the Train tab (F3).", severity="warning")
+            self.app.notify(f"No run is live; start one in the {self.session.tab('train')}.", severity="warning")
             return
         self.show(self.live)
 

@@ -17,6 +17,7 @@ from farense_core import protocol as P
 
 from ..messages import EngineEvent, EngineExited, RecommendedConfig
 from ..format import size
+from ..session import Session
 
 CHECK_COLUMNS = (("status", 6), ("category", 8), ("check", 13), ("detail", 44), ("fix", 33))  # fits 120 columns
 STATUS_STYLE = {"pass": ("✔ pass", "bold green"), "warn": ("! warn", "bold yellow"), "fail": ("✘ fail", "bold red")}
@@ -41,8 +42,9 @@ class PreflightTab(TabPane):
     PreflightTab .caption { text-style: bold; color: $accent; }
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__("Preflight", id="preflight")
+        self.session = session
         self.recommended: Optional[dict] = None
         self.counts = {"pass": 0, "warn": 0, "fail": 0}
 
@@ -69,12 +71,11 @@ class PreflightTab(TabPane):
     # -- running
 
     def action_run_preflight(self, probe: bool = False) -> None:
-        link = self.app.links["preflight"]
+        link = self.session.links["preflight"]
         if link.running:
             self.app.notify("Preflight is already running.", severity="warning")
             return
-        config_tab = self.app.config_tab
-        cfg, _ = config_tab.resolved()
+        cfg, _ = self.session.config.resolved()
         self.query_one("#checks", DataTable).clear()
         self.query_one("#probes", DataTable).clear()
         self.counts = dict.fromkeys(self.counts, 0)
@@ -83,15 +84,16 @@ class PreflightTab(TabPane):
         except OSError as e:
             self._status(f"The engine could not be started ({e.strerror or e}).", error=True)
             return
-        link.send(P.Preflight(config=cfg if cfg is not None else config_tab.raw(),
-                              out=str(self.app.options.checkpoints_dir), probe=probe))
+        link.send(P.Preflight(config=cfg if cfg is not None else self.session.settings(),
+                              out=str(self.session.checkpoints_dir), probe=probe))
         self._status("Running preflight" + (" with a probe of real steps…" if probe else "…"))
 
     def action_apply_recommended(self) -> None:
-        if self.recommended is None:
+        recommended = self.session.find_recommended()
+        if recommended is None:
             self.app.notify("There is no recommended config yet; run preflight first (r).", severity="warning")
             return
-        self.post_message(RecommendedConfig(self.recommended, apply=True))
+        self.post_message(RecommendedConfig(recommended, apply=True))
 
     @on(Button.Pressed, "#run")
     def _run_pressed(self) -> None:
@@ -134,7 +136,7 @@ class PreflightTab(TabPane):
             self.query_one("#apply", Button).disabled = False
             where = f" Report: {event.report_path}." if event.report_path else ""
             self._status(self._summary("Preflight finished.") + where)
-            self.post_message(RecommendedConfig(self.recommended))
+            self.session.recommended = self.recommended
         elif isinstance(event, P.State) and event.state == "preflight" and event.detail:
             self._status(self._summary(f"Checking ({event.detail})…"))
         elif isinstance(event, P.Error):
@@ -148,7 +150,7 @@ class PreflightTab(TabPane):
 
     def _describe_recommended(self) -> str:
         """What the recommendation would change in the Config tab's current settings."""
-        current, _ = self.app.config_tab.resolved()
+        current, _ = self.session.config.resolved()
         changes = {k: v for k, v in self.recommended.items() if (current or {}).get(k) != v}
         if not changes:
             return "The Config tab already holds the recommended settings."

@@ -19,6 +19,7 @@ from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, Tra
 from ..format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
 from ..widgets.event_log import EventLog
+from ..session import Session
 
 
 class TrainTab(TabPane):
@@ -50,8 +51,9 @@ class TrainTab(TabPane):
     TrainTab .hint { color: $text-muted; }
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__("Train", id="train")
+        self.session = session
         self.busy = False
         self.state = "idle"
         self.run_dir: Optional[str] = None
@@ -83,7 +85,7 @@ class TrainTab(TabPane):
     # -- runs list
 
     def refresh_runs(self) -> None:
-        self.runs = list_runs(self.app.options.checkpoints_dir)
+        self.runs = list_runs(self.session.checkpoints_dir)
         table = self.query_one("#runs", DataTable)
         table.clear()
         for run in self.runs:
@@ -100,7 +102,7 @@ class TrainTab(TabPane):
     # -- commands
 
     def _begin(self, config: dict, run_dir: Path, resume: bool) -> None:
-        link = self.app.links["train"]
+        link = self.session.links["train"]
         history = RunHistory()
         self.show_error(None)
         try:
@@ -124,12 +126,11 @@ class TrainTab(TabPane):
         if self.busy:
             self.app.notify("A run is in progress; stop it first (x).", severity="warning")
             return
-        config, error = self.app.config_tab.resolved()
+        config, error = self.session.config.resolved()
         if config is None:
-            self.show_error(f"The config is not valid: {error} Fix it in the Config tab (F2).")
+            self.show_error(f"The config is not valid: {error} Fix it in the {self.session.tab('config')}.")
             return
-        options = self.app.options
-        self._begin(config, new_run_dir(options.checkpoints_dir, options.clock()), resume=False)
+        self._begin(config, new_run_dir(self.session.checkpoints_dir, self.session.clock()), resume=False)
 
     def action_resume_run(self) -> None:
         if self.busy:
@@ -162,7 +163,7 @@ class TrainTab(TabPane):
         if not self.busy:
             self.app.notify(f"There is no run to {what}.", severity="warning")
             return
-        if not self.app.links["train"].send(command):
+        if not self.session.links["train"].send(command):
             self.show_error(f"The engine did not accept the {what} command; it may have exited.")
 
     def action_pause(self) -> None:
@@ -226,7 +227,7 @@ class TrainTab(TabPane):
         elif isinstance(event, P.Error):
             text = event.message
             if event.code == "protocol":
-                tail = "\n".join(self.app.links["train"].stderr_tail()) or "(no output on stderr)"
+                tail = "\n".join(self.session.links["train"].stderr_tail()) or "(no output on stderr)"
                 text = f"{text}\nThe engine's last stderr lines:\n{tail}"
             self.show_error(text)
 

@@ -383,6 +383,18 @@ async def test_monitor_draws_the_live_run_on_its_timer(app_factory, factory):
         assert not app.query_one("#advice", Static).has_class("-shown")  # no advice in this run
 
 
+async def test_key_hints_come_from_the_apps_bindings(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.session.tab_keys == {"preflight": "F1", "config": "F2", "train": "F3", "monitor": "F4", "chat": "F5"}
+        await pilot.press("f4")
+        assert text_of(app, "#monitor-source") == (
+            "No run yet: start one in the Train tab (F3), or open a past run below.")
+        await pilot.press("ctrl+l")  # no live run yet
+        await pilot.pause()
+        assert any("Train tab (F3)" in n.message for n in app._notifications)
+
+
 async def test_monitor_shows_the_latest_advice(app_factory):
     from farense_tui.runs import RunHistory
 
