@@ -31,6 +31,8 @@ from mlx.utils import tree_unflatten
 from farense_core import protocol as P
 from farense_core.models import ModelNotFoundError, locate_model
 from farense_core.rundir import RunDir, is_adapter_folder
+from farense_core.sampling import DEFAULTS as SAMPLER_DEFAULTS
+from farense_core.sampling import SamplerError, check_all
 
 from .model import quantization_of, set_base_dtype
 from .server import Context, handles
@@ -45,42 +47,24 @@ class ChatError(Exception):
 
 @dataclass
 class ReplySettings:
-    """How one reply is sampled. The defaults are the protocol's ``chat`` defaults (one source).
+    """How one reply is sampled: ``farense_core.sampling``'s settings (defaults, checks and why), a
+    seed, a system message and whether the exchange joins the history."""
 
-    Why these defaults: small instruction models fall into loops under greedy decoding (the
-    user's own experience), so the default samples (temperature 0.7) from a trimmed
-    distribution (top-p 0.9 drops the long tail; min-p 0.05 drops tokens under 5% of the
-    top token's probability, which adapts to how sure the model is) and penalises tokens
-    repeated within the last 64 (penalty 1.1: enough to break loops, mild enough not to
-    garble names and scores that must repeat). ``temperature=0`` is greedy.
-    """
-
-    temperature: float = P.Chat.temperature
-    top_p: float = P.Chat.top_p
-    min_p: float = P.Chat.min_p
-    repetition_penalty: float = P.Chat.repetition_penalty
-    repetition_context_size: int = P.Chat.repetition_context_size
-    max_tokens: int = P.Chat.max_tokens
+    temperature: float = SAMPLER_DEFAULTS["temperature"]
+    top_p: float = SAMPLER_DEFAULTS["top_p"]
+    min_p: float = SAMPLER_DEFAULTS["min_p"]
+    repetition_penalty: float = SAMPLER_DEFAULTS["repetition_penalty"]
+    repetition_context_size: int = SAMPLER_DEFAULTS["repetition_context_size"]
+    max_tokens: int = SAMPLER_DEFAULTS["max_tokens"]
     seed: Optional[int] = None
     system: Optional[str] = None  # a system message for this reply (not kept in the history)
     keep_history: bool = True  # False: answer this message alone and do not record it
 
     def check(self) -> None:
-        def bad(name: str, allowed: str) -> ChatError:
-            return ChatError(f"{name} is {getattr(self, name)!r}, but it must be {allowed}.")
-
-        if not self.temperature >= 0:
-            raise bad("temperature", "0 (greedy) or more")
-        if not 0 <= self.top_p <= 1:
-            raise bad("top_p", "between 0 and 1 (0 or 1 turns it off)")
-        if not 0 <= self.min_p < 1:
-            raise bad("min_p", "at least 0 and below 1 (0 turns it off)")
-        if not self.repetition_penalty > 0:
-            raise bad("repetition_penalty", "above 0 (1 turns it off)")
-        if self.repetition_context_size < 1:
-            raise bad("repetition_context_size", "at least 1")
-        if self.max_tokens < 1:
-            raise bad("max_tokens", "at least 1")
+        try:
+            check_all({name: getattr(self, name) for name in SAMPLER_DEFAULTS})
+        except SamplerError as e:
+            raise ChatError(str(e)) from None
 
 
 @dataclass

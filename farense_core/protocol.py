@@ -6,8 +6,8 @@ dataclass with a ``type`` tag; the first event is always ``hello`` carrying
 older reader ignores fields it does not know. A line that is not a JSON object
 of a known kind with the required fields raises ``ProtocolError``.
 
-This module imports only the standard library: the UI (which must never import
-mlx) and the engine both use it.
+This module imports only the standard library and the core's sampler settings: the UI (which
+must never import mlx) and the engine both use it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
+
+from .sampling import DEFAULTS as SAMPLER_DEFAULTS
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 4 * 1024 * 1024
@@ -395,12 +397,12 @@ class Chat(Record):
     type: ClassVar[str] = "chat"
     id: str
     message: str
-    temperature: float = 0.7
-    top_p: float = 0.9
-    min_p: float = 0.05
-    repetition_penalty: float = 1.1
-    repetition_context_size: int = 64
-    max_tokens: int = 256
+    temperature: float = SAMPLER_DEFAULTS["temperature"]
+    top_p: float = SAMPLER_DEFAULTS["top_p"]
+    min_p: float = SAMPLER_DEFAULTS["min_p"]
+    repetition_penalty: float = SAMPLER_DEFAULTS["repetition_penalty"]
+    repetition_context_size: int = SAMPLER_DEFAULTS["repetition_context_size"]
+    max_tokens: int = SAMPLER_DEFAULTS["max_tokens"]
     seed: Optional[int] = None
     system: Optional[str] = None
     keep_history: bool = True

@@ -222,7 +222,9 @@ def test_a_seed_makes_sampled_replies_reproducible(session):
     ("repetition_context_size", 0), ("max_tokens", 0),
 ])
 def test_bad_settings_are_rejected_before_generating(session, field, value):
-    with pytest.raises(ChatError, match=field):
+    from farense_core.sampling import BY_NAME
+
+    with pytest.raises(ChatError, match=f"^{BY_NAME[field].label} is {value}, but it must be"):
         session.reply("Olá", ReplySettings(**{field: value}))
     assert session.history == []
 

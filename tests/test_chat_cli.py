@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from farense_core import protocol as P
 from farense_tui.commands.chat import side_by_side
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -73,15 +74,36 @@ def test_missing_model_is_one_sentence_and_exit_1(tmp_path):
     assert done.stdout == ""
 
 
-@pytest.mark.slow
-def test_an_engine_error_is_one_sentence_and_a_conversation_goes_on(tiny_model):
-    done = chat_cli("--model", tiny_model, "--prompt", "Olá", "--temp", "-1")
-    assert done.returncode == 1
+def test_a_bad_sampler_setting_is_one_sentence_before_anything_loads():
+    done = chat_cli("--prompt", "Olá", "--temp", "-1", "--model", "/nowhere", timeout=30)
+    assert done.returncode == 2  # refused before the engine starts: the missing model is never reached
     assert done.stderr.strip() == "farense-tui chat: temperature is -1.0, but it must be 0 (greedy) or more."
+    done = chat_cli("--prompt", "Olá", "--top-p", "0", "--repetition-penalty", "0.5", "--model", "/nowhere", timeout=30)
+    assert "does not exist" in done.stderr  # 0 turns top-p off and 0.5 is a (weak) penalty: both accepted
 
-    done = chat_cli("--model", tiny_model, "--temp", "-1", stdin="Olá\nOutra\n")
-    assert done.returncode == 0
-    assert done.stderr.count("temperature is -1.0") == 2
+
+def test_a_message_that_fails_leaves_the_conversation_going(monkeypatch, capsys):
+    """One message's error is one sentence; the next message is answered."""
+    import argparse
+    import io
+
+    from farense_tui.commands import chat as cli
+
+    class Chat:
+        asked = []
+
+        def reply(self, message, settings, on_token):
+            self.asked.append(message)
+            if message == "Olá":
+                raise cli.ChatFailed("The model could not answer this message.")
+            return P.ReplyDone(id="r", text="Faro.", finish_reason="stop")
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Olá\nOutra\n"))
+    cli.converse(Chat(), cli.Terminal(), argparse.Namespace(compare=False), {})
+    out = capsys.readouterr()
+    assert Chat.asked == ["Olá", "Outra"]
+    assert out.err.strip() == "farense-tui chat: The model could not answer this message."
+    assert out.out == "Faro.\n"
 
 
 def test_compare_needs_an_adapter():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import random
 import shutil
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from farense_core import protocol as P
+from farense_core import sampling
 
 from ..engine_client import EngineGone, EngineProcess
 
@@ -31,7 +31,6 @@ class ChatFailed(Exception):
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    d = P.Chat(id="", message="")  # the protocol's defaults, shown in --help
     parser = argparse.ArgumentParser(
         prog="farense-tui chat",
         description="Chat with a model and optional LoRA adapter. One-shot with --prompt; "
@@ -40,12 +39,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--model", default="default", help="model folder or Hugging Face id (default: the embedded model)")
     parser.add_argument("--adapter", help="adapter folder, or a run folder (its best adapter)")
     parser.add_argument("--prompt", help="answer this one message and exit")
-    parser.add_argument("--max-tokens", type=int, help=f"longest reply in tokens (default {d.max_tokens})")
-    parser.add_argument("--temp", type=float, help=f"sampling temperature; 0 is greedy (default {d.temperature})")
-    parser.add_argument("--top-p", type=float, help=f"nucleus sampling threshold (default {d.top_p})")
-    parser.add_argument("--min-p", type=float, help=f"drop tokens below this share of the top token (default {d.min_p})")
-    parser.add_argument("--repetition-penalty", type=float,
-                        help=f"penalty for recently used tokens; 1 is off (default {d.repetition_penalty})")
+    for f in sampling.FIELDS:
+        parser.add_argument(f.flag, dest=f.name, type=f.kind, help=f"{f.help} (default {f.default})")
     parser.add_argument("--seed", type=int, help="random seed, for a reproducible reply")
     parser.add_argument("--system", help="a system message for every reply")
     parser.add_argument("--compare", action="store_true",
@@ -54,13 +49,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def reply_settings(args: argparse.Namespace) -> dict:
-    """The ``chat`` fields the user set; the rest keep the protocol's defaults."""
-    given = {
-        "temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p,
-        "repetition_penalty": args.repetition_penalty, "max_tokens": args.max_tokens,
-        "seed": args.seed, "system": args.system,
-    }
-    return {k: v for k, v in given.items() if v is not None}
+    """The ``chat`` fields the user set, checked; the rest keep the defaults."""
+    given = {f.name: getattr(args, f.name) for f in sampling.FIELDS}
+    given.update(seed=args.seed, system=args.system)
+    return sampling.check_all({k: v for k, v in given.items() if v is not None})
 
 
 class EngineChat:
@@ -175,7 +167,7 @@ def answer(chat: EngineChat, term: Terminal, message: str, settings: dict) -> P.
 def compare(chat: EngineChat, term: Terminal, message: str, settings: dict, adapter: str) -> None:
     """The same message, alone and with the same seed, to the base and to the base + adapter."""
     settings = {**settings, "keep_history": False}
-    settings.setdefault("seed", random.randrange(2**31))
+    settings.setdefault("seed", sampling.comparison_seed())
     sides = (("base", None), (f"base + adapter {Path(adapter).name}", adapter))
     if term.streaming and term.width >= SIDE_BY_SIDE_MIN_WIDTH:
         texts = []
@@ -224,7 +216,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.compare and not args.adapter:
         print("farense-tui chat: --compare needs --adapter DIR to compare the base with; add it.", file=sys.stderr)
         return 1
-    settings = reply_settings(args)
+    try:
+        settings = reply_settings(args)
+    except sampling.SamplerError as e:  # before the engine starts
+        print(f"farense-tui chat: {e}", file=sys.stderr)
+        return 2
     term = Terminal()
     chat = None
     try:

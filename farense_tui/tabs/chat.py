@@ -15,6 +15,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TabPane
 
 from farense_core import protocol as P
+from farense_core import sampling
 
 from ..messages import EngineEvent, EngineExited, ReplyProgress
 from ..runs import format_loss, list_runs
@@ -23,20 +24,6 @@ from ..widgets.eval_report import EvalReportScreen
 from ..session import Session
 
 NO_ADAPTER = "none"
-
-# name, label, default, parse, allowed (for the message), check
-SAMPLER = [
-    ("temperature", "temperature", "0.7", float, "a number of at least 0", lambda v: v >= 0),
-    ("top_p", "top-p", "0.9", float, "a number above 0 and at most 1", lambda v: 0 < v <= 1),
-    ("min_p", "min-p", "0.05", float, "a number from 0 to under 1", lambda v: 0 <= v < 1),
-    ("repetition_penalty", "repetition penalty", "1.1", float, "a number of at least 1", lambda v: v >= 1),
-    ("max_tokens", "max tokens", "256", int, "a whole number of at least 1", lambda v: v >= 1),
-]
-
-
-class SamplerError(ValueError):
-    pass
-
 
 @dataclass
 class PendingReply:
@@ -102,9 +89,9 @@ class ChatTab(TabPane):
             with Vertical(id="sampler"):
                 yield Label("Sampler", classes="caption")
                 with Grid(id="sampler-grid"):
-                    for name, label, default, *_ in SAMPLER:
-                        yield Label(label)
-                        yield Input(default, id=f"sampler-{name}", compact=True)
+                    for f in sampling.FIELDS:
+                        yield Label(f.label)
+                        yield Input(str(f.default), id=f"sampler-{f.name}", compact=True, tooltip=f.help)
                 yield Checkbox("Compare (ctrl+t)", id="compare", tooltip="The base model and base + adapter, side by side")
                 yield Button("New conversation (ctrl+n)", id="new-chat")
                 yield Button("What it knows (ctrl+g)", id="evaluate",
@@ -174,17 +161,9 @@ class ChatTab(TabPane):
     # -- sending
 
     def sampler(self) -> dict:
-        values = {}
-        for name, label, _default, parse, allowed, check in SAMPLER:
-            text = self.query_one(f"#sampler-{name}", Input).value.strip()
-            try:
-                value = parse(text)
-            except ValueError:
-                raise SamplerError(f"{label} is {text!r}, but it must be {allowed}.") from None
-            if not check(value):
-                raise SamplerError(f"{label} is {text}, but it must be {allowed}.")
-            values[name] = value
-        return values
+        """The sampler fields' values, checked as the engine checks them (``SamplerError``)."""
+        return {f.name: sampling.check(f.name, self.query_one(f"#sampler-{f.name}", Input).value.strip())
+                for f in sampling.FIELDS}
 
     def _next_id(self, suffix: str = "") -> str:
         self._count += 1
@@ -207,7 +186,7 @@ class ChatTab(TabPane):
             return
         try:
             sampler = self.sampler()
-        except SamplerError as e:
+        except sampling.SamplerError as e:
             self.status(str(e), error=True)
             return
         compare = self.query_one("#compare", Checkbox).value
@@ -223,6 +202,7 @@ class ChatTab(TabPane):
         if compare:
             base_id, tuned_id = self._next_id("-base"), self._next_id("-adapter")
             self.log_widget.expect_compare([(base_id, "base"), (tuned_id, "base + adapter")])
+            sampler["seed"] = sampling.comparison_seed()  # both sides sample alike
             tuned = P.Chat(id=tuned_id, message=text, keep_history=False, **sampler)
             self.pending[base_id] = PendingReply("base", then=(adapter, tuned))
             self.pending[tuned_id] = PendingReply("base + adapter")

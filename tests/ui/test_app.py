@@ -590,8 +590,16 @@ async def test_chat_sampler_values_are_checked(app_factory, factory):
         await pilot.press("f5")
         app.query_one("#sampler-temperature", Input).value = "hot"
         await send_prompt(pilot, app, "Olá")
-        assert text_of(app, "#chat-status") == "temperature is 'hot', but it must be a number of at least 0."
+        assert text_of(app, "#chat-status") == "temperature is 'hot', but it must be 0 (greedy) or more."
         assert not factory.engines
+        # the engine's own rules: 0 turns top-p off, a penalty under 1 is a weak one; both are sent as they are
+        app.query_one("#sampler-temperature", Input).value = "0.7"
+        app.query_one("#sampler-top_p", Input).value = "0"
+        app.query_one("#sampler-repetition_penalty", Input).value = "0.8"
+        await send_prompt(pilot, app, "Olá")
+        await wait_for(pilot, lambda: factory.engines and factory.last("chat").sent_of(P.Chat), "the message")
+        sent = factory.last("chat").sent_of(P.Chat)[0]
+        assert (sent.top_p, sent.repetition_penalty) == (0.0, 0.8)
 
 
 # ---------------------------------------------------------------- quitting
