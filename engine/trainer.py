@@ -85,6 +85,11 @@ class Position:
     best_step: int = 0       # the update whose adapter is in adapters/
     best_recall: Optional[float] = None
 
+    @property
+    def last_epoch(self) -> int:
+        """The epoch (1-based) the last update trained on: the one in progress, or the one just finished."""
+        return self.epoch + 1 if self.batch or not self.epoch else self.epoch
+
     def state(self) -> dict:
         return {"update": self.update, "epoch": self.epoch, "batch": self.batch,
                 "trained_tokens": self.trained_tokens, "elapsed": self.elapsed,
@@ -230,7 +235,7 @@ class Run:
         self.metrics.write_json()
         ckpt.prune(self.rd, self.cfg["keep_checkpoints"])
         self.last_saved_update = self.pos.update
-        self.ctx.emit(P.Checkpoint(step=self.pos.update, epoch=self.pos.epoch + 1, path=str(path), reason=reason))
+        self.ctx.emit(P.Checkpoint(step=self.pos.update, epoch=self.pos.last_epoch, path=str(path), reason=reason))
         return path
 
     def save_adapter(self, folder: Path) -> None:

@@ -12,6 +12,8 @@ from farense_core import protocol as P
 from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
 from tiny_model import write_chat_data
 
+pytestmark = pytest.mark.slow  # training runs
+
 
 def of(events, kind):
     return [e for e in events if isinstance(e, kind)]
@@ -35,6 +37,11 @@ def test_run_folder_holds_every_output(tiny_model, tiny_data, tmp_path):
     s = steps[-1]
     assert s.total_steps == 12 and s.tokens > 0 and s.trained_tokens == sum(x.tokens for x in steps)
     assert s.memory.system_total > 0 and s.memory.rss > 0 and s.memory.mlx_peak > 0
+    # a checkpoint names the epoch its update trained on, also at an epoch's end
+    epoch_of = {x.step: x.epoch for x in steps}
+    assert [(c.step, c.epoch) for c in of(events, P.Checkpoint)] == [(c.step, epoch_of[c.step])
+                                                                     for c in of(events, P.Checkpoint)]
+    assert any(c.reason == "epoch_end" for c in of(events, P.Checkpoint))
     assert [e.step for e in of(events, P.Eval)] == [4, 8, 12]
     summary = json.loads((run / "training_summary.json").read_text())
     assert summary["updates"] == 12 and summary["status"] == "completed"

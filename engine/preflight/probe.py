@@ -88,9 +88,11 @@ class ProbeRunner:
         return peak, rate, time.perf_counter() - start
 
 
-def probe_candidates(seq: int, longest: int = 0, batches: Iterable[int] = (1, 2, 4, 8, 16)) -> tuple[list, list]:
+def probe_candidates(seq: int, longest: int = 0, effective: int = 16,
+                     batches: Iterable[int] = (1, 2, 4, 8, 16)) -> tuple[list, list]:
     """Sequence lengths: the recommended one, doubled towards the longest example (if longer), halved as
-    fallbacks (measured only if the recommended one does not fit). Batch sizes ascending."""
+    fallbacks (measured only if the recommended one does not fit). Batch sizes ascending, only those that
+    cut an update of ``effective`` examples into whole micro-batches (the update is the config's choice)."""
     seqs = [seq]
     while longest > seqs[-1] and seqs[-1] < MAX_RECOMMENDED_SEQ:
         seqs.append(min(seqs[-1] * 2, _round_up(longest, 64), MAX_RECOMMENDED_SEQ))
@@ -98,7 +100,7 @@ def probe_candidates(seq: int, longest: int = 0, batches: Iterable[int] = (1, 2,
     while fallback >= 64:
         seqs.append(fallback)
         fallback //= 2
-    return seqs, sorted(set(batches))
+    return seqs, sorted(b for b in set(batches) if effective % b == 0)
 
 
 def run_probe(runner: Callable[[int, int], tuple], seqs: list[int], batches: list[int], budget: int,
@@ -164,9 +166,11 @@ def _needs_shorter(rows: list[ProbeRow], seq: int) -> bool:
             and any(r.over_memory and r.max_seq_length == seq for r in rows))
 
 
-def pick_probe(rows: list[ProbeRow], seq: int) -> Optional[ProbeRow]:
+def pick_probe(rows: list[ProbeRow], seq: int, effective: Optional[int] = None) -> Optional[ProbeRow]:
     """The fastest setting at the longest sequence that fits, from the recommended length up; shorter
-    lengths only when the recommended one went over the memory limit."""
+    lengths only when the recommended one went over the memory limit. With ``effective``, only batch
+    sizes that divide an update of that many examples."""
+    rows = [r for r in rows if effective is None or effective % r.batch_size == 0]
     ok = [r for r in rows if r.ok and r.max_seq_length >= seq]
     if _needs_shorter(rows, seq):
         ok = [r for r in rows if r.ok]
@@ -178,20 +182,20 @@ def pick_probe(rows: list[ProbeRow], seq: int) -> Optional[ProbeRow]:
 
 def apply_probe(rec: Recommendation, rows: list[ProbeRow], train_tokens: int = 0) -> Optional[ProbeRow]:
     cfg = rec.config
-    best = pick_probe(rows, cfg["max_seq_length"])
+    effective = cfg["batch_size"] * cfg["grad_accumulation_steps"]
+    best = pick_probe(rows, cfg["max_seq_length"], effective)
     if best is None:
         rec.reasons.append(f"The probe measured no setting at {cfg['max_seq_length']} tokens that keeps "
                            f"{MEMORY_MARGIN:.0%} of memory free; the estimate-based values stay.")
         return None
-    effective = cfg["batch_size"] * cfg["grad_accumulation_steps"]
     cfg["batch_size"] = best.batch_size
-    cfg["grad_accumulation_steps"] = max(1, round(effective / best.batch_size))
+    cfg["grad_accumulation_steps"] = effective // best.batch_size
     cfg["max_seq_length"] = best.max_seq_length
     rec.source = "probe"
     why = (f"The probe measured batch {best.batch_size} x {best.max_seq_length} tokens as the fastest setting that "
            f"keeps {MEMORY_MARGIN:.0%} of memory free ({best.tokens_per_second:,.0f} tokens/s, peak "
-           f"{gb(best.peak_memory)}); accumulation {cfg['grad_accumulation_steps']} keeps the effective batch near "
-           f"{effective}.")
+           f"{gb(best.peak_memory)}); accumulation {cfg['grad_accumulation_steps']} keeps updates of "
+           f"{effective} examples.")
     if train_tokens:
         why += (f" At that rate an epoch of {train_tokens:,} tokens takes at most about "
                 f"{minutes(train_tokens / best.tokens_per_second)}.")
@@ -213,7 +217,8 @@ def _probe(rec: Recommendation, model, info: Optional[ModelInfo], hw: Hardware, 
     mx.eval(model.parameters())
     runner = ProbeRunner(model, cfg, info.vocab)
     longest = longest_example(lengths)
-    seqs, batches = shapes or probe_candidates(cfg["max_seq_length"], longest)
+    seqs, batches = shapes or probe_candidates(cfg["max_seq_length"], longest,
+                                               cfg["batch_size"] * cfg["grad_accumulation_steps"])
 
     def predict(batch: int, seq: int) -> int:
         return estimate_memory(info, cfg, working, batch, seq)["total"]
