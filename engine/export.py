@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 from farense_core.config import ConfigError
 from farense_core.models import ModelNotFoundError, locate_model
 from farense_core.rundir import ADAPTER_FILES, RunDir
+from farense_core.sampling import DEFAULTS as SAMPLER_DEFAULTS
 
 from .chat import ChatError, adapter_folder
 
@@ -52,13 +53,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 REQUANTIZED_NOTE = ("Fusing re-quantizes the adapted layers, which adds rounding noise that can blur a small "
                     "adapter; export with --dequantize for an exact (larger) model, or use the adapter unfused.")
 
-SAMPLING_NOTE = """\
-Small models fall into loops under greedy decoding: sample (temperature 0.7, top-p 0.9, min-p 0.05)
-with a repetition penalty of 1.1 over the last 64 tokens, as farense-tui's chat does. In Python pass
-`sampler=make_sampler(0.7, 0.9, 0.05)` and
-`logits_processors=make_logits_processors(repetition_penalty=1.1, repetition_context_size=64)`
-(from `mlx_lm.sample_utils`) to `generate`; `mlx_lm.server` takes `"repetition_penalty": 1.1` and
-`"repetition_context_size": 64` in each request.
+_S = SAMPLER_DEFAULTS
+SAMPLING_NOTE = f"""\
+Small models fall into loops under greedy decoding: sample (temperature {_S['temperature']}, top-p {_S['top_p']},
+min-p {_S['min_p']}) with a repetition penalty of {_S['repetition_penalty']} over the last
+{_S['repetition_context_size']} tokens, as farense-tui's chat does. In Python pass
+`sampler=make_sampler({_S['temperature']}, {_S['top_p']}, {_S['min_p']})` and
+`logits_processors=make_logits_processors(repetition_penalty={_S['repetition_penalty']}, \
+repetition_context_size={_S['repetition_context_size']})` (from `mlx_lm.sample_utils`) to `generate`;
+`mlx_lm.server` takes `"repetition_penalty": {_S['repetition_penalty']}` and
+`"repetition_context_size": {_S['repetition_context_size']}` in each request.
 """
 
 

@@ -231,8 +231,7 @@ def load_run(path: str | Path) -> tuple[RunHistory, int]:
     history = RunHistory(source=str(events_path(path)))
     for event in events:
         history.apply(event)
-    if not history.run_dir:
-        history.run_dir = str(events_path(path).parent)
+    history.run_dir = str(events_path(path).parent)  # where it is now, wherever it was trained
     return history, bad
 
 

@@ -186,26 +186,28 @@ def test_missing_model_is_one_sentence(tmp_path):
 # ----------------------------------------------------------------- sampling
 
 
-def test_sampler_settings_reach_mlx_lm(session, monkeypatch):
-    import mlx_lm.sample_utils as su
+def test_sampler_settings_reach_mlx_lm(tiny_model):
+    """A reply with these settings is what mlx-lm's own generate gives with the same sampler, seed and
+    prompt; and changing a setting changes the reply."""
+    from mlx_lm.generate import generate
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-    seen = {}
-    real_sampler, real_processors = su.make_sampler, su.make_logits_processors
+    session = ChatSession.load(str(tiny_model))
+    settings = dict(temperature=0.9, top_p=0.8, min_p=0.05, repetition_penalty=1.3, repetition_context_size=8,
+                    max_tokens=24, keep_history=False)
+    prompt = session.encode([{"role": "user", "content": "Olá"}])
 
-    def make_sampler(*args, **kwargs):
-        seen["sampler"] = (args, kwargs)
-        return real_sampler(*args, **kwargs)
+    def theirs(seed, temperature=0.9, penalty=1.3):
+        mx.random.seed(seed)
+        return generate(session.model, session.tokenizer, prompt, max_tokens=24,
+                        sampler=make_sampler(temp=temperature, top_p=0.8, min_p=0.05),
+                        logits_processors=make_logits_processors(repetition_penalty=penalty,
+                                                                 repetition_context_size=8))
 
-    def make_logits_processors(*args, **kwargs):
-        seen["processors"] = (args, kwargs)
-        return real_processors(*args, **kwargs)
-
-    monkeypatch.setattr(su, "make_sampler", make_sampler)
-    monkeypatch.setattr(su, "make_logits_processors", make_logits_processors)
-    session.reply("Olá", ReplySettings(temperature=0.6, top_p=0.8, min_p=0.1, repetition_penalty=1.3,
-                                       repetition_context_size=32, max_tokens=2, seed=3))
-    assert seen["sampler"] == ((0.6, 0.8, 0.1), {})
-    assert seen["processors"] == ((), {"repetition_penalty": 1.3, "repetition_context_size": 32})
+    for seed in (1, 2, 3):
+        assert session.reply("Olá", ReplySettings(**settings, seed=seed)).text == theirs(seed)
+    assert any(theirs(s) != theirs(s, temperature=0.0) for s in (1, 2, 3))
+    assert any(theirs(s) != theirs(s, penalty=1.0) for s in (1, 2, 3))
 
 
 def test_a_seed_makes_sampled_replies_reproducible(session):
@@ -229,12 +231,20 @@ def test_bad_settings_are_rejected_before_generating(session, field, value):
     assert session.history == []
 
 
-def test_defaults_are_the_protocols_and_guard_against_loops():
-    settings = ReplySettings()
-    chat = P.Chat(id="x", message="y")
-    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "repetition_context_size", "max_tokens"):
-        assert getattr(settings, name) == getattr(chat, name)
-    assert settings.temperature > 0 and settings.repetition_penalty > 1
+def test_every_sampler_default_comes_from_one_place():
+    """The engine's settings, the protocol's chat command, the chat command's flags and the exported
+    README all say what farense_core.sampling says; and those defaults sample, with a penalty."""
+    from engine.export import SAMPLING_NOTE
+    from farense_core.sampling import DEFAULTS
+    from farense_tui.commands.chat import parse_args
+
+    chat, settings, flags = P.Chat(id="x", message="y"), ReplySettings(), parse_args([])
+    for name, value in DEFAULTS.items():
+        assert getattr(chat, name) == getattr(settings, name) == value
+        assert getattr(flags, name) is None  # unset flags leave the engine its defaults
+    assert f"make_sampler({DEFAULTS['temperature']}, {DEFAULTS['top_p']}, {DEFAULTS['min_p']})" in SAMPLING_NOTE
+    assert f"repetition_penalty={DEFAULTS['repetition_penalty']}" in SAMPLING_NOTE
+    assert DEFAULTS["temperature"] > 0 and DEFAULTS["repetition_penalty"] > 1  # greedy loops; penalties break them
 
 
 # ------------------------------------------------------------------ history
@@ -378,8 +388,13 @@ def test_the_next_turn_reuses_the_conversation_kv_cache(tiny_model):
 
     session = ChatSession.load(str(tiny_model))
     session.reply("Qual foi o resultado do Farense?", ReplySettings(max_tokens=6, **GREEDY))
+    held = list(session._cached)  # the first exchange's tokens, prompt and reply
+    prompt = session.encode(session.messages_for("E em casa?", ReplySettings()))
+    shared = next(i for i, (a, b) in enumerate(zip(held + [None], prompt)) if a != b)
     second = session.reply("E em casa?", ReplySettings(max_tokens=6, **GREEDY))
-    assert 0 < second.cached_tokens < second.prompt_tokens
+    assert second.cached_tokens == shared and second.prompt_tokens == len(prompt)
+    first_prompt = session.encode([{"role": "user", "content": "Qual foi o resultado do Farense?"}])
+    assert shared > len(first_prompt)  # the first prompt and part of its reply, not only the template
 
 
 def test_switching_adapter_or_a_new_prompt_drops_what_does_not_match(tiny_model, tmp_path):
@@ -390,9 +405,12 @@ def test_switching_adapter_or_a_new_prompt_drops_what_does_not_match(tiny_model,
     assert session._cache is None and session._cached == []  # other weights, stale keys and values
     reply = session.reply("Olá", ReplySettings(max_tokens=4, keep_history=False, **GREEDY))
     assert reply.cached_tokens == 0
-    # a prompt that shares only the template's start reuses just that much
+    # a prompt that shares only the template's start reuses exactly that much
+    held = list(session._cached)
+    prompt = session.encode([{"role": "user", "content": "Outra pergunta"}])
+    shared = next(i for i, (a, b) in enumerate(zip(held, prompt)) if a != b)
     other = session.reply("Outra pergunta", ReplySettings(max_tokens=4, keep_history=False, **GREEDY))
-    assert other.cached_tokens < len(session.encode([{"role": "user", "content": "Outra pergunta"}]))
+    assert other.cached_tokens == shared
 
 
 def test_a_full_fine_tune_loads_into_a_base_kept_quantized(tiny_quantized_model, tiny_data, tmp_path):

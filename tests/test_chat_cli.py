@@ -12,6 +12,8 @@ import pytest
 from farense_core import protocol as P
 from farense_tui.commands.chat import side_by_side
 
+pytestmark = pytest.mark.slow  # chat command subprocesses
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 

@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from farense_core import protocol as P
 from enginetools import EngineRun, adapter_arrays, assert_bit_identical, base_config
+
+pytestmark = pytest.mark.slow  # engine subprocesses
 
 
 def test_hello_first_and_stdout_is_only_protocol(tiny_model, tiny_data, tmp_path):

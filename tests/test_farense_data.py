@@ -187,6 +187,7 @@ def test_probe_asks_train_facts_in_new_phrasings(built):
     assert not any(q in train_questions for p, _, q, _ in lines if p == "probe")
 
 
+@pytest.mark.slow
 def test_build_refuses_to_replace_other_contents(tmp_path):
     (tmp_path / "train.jsonl").write_text("mine\n")
     with pytest.raises(FileExistsError, match="--force"):
@@ -207,6 +208,7 @@ def test_olhanense_away_defeat_from_sources_md(answers, source_games):
     assert "fora de casa" in answer and "perdeu por 4-2" in answer and "(Olhanense 4-2 Farense)" in answer
 
 
+@pytest.mark.slow
 def test_match_answers_agree_with_sources(answers, source_games):
     dates = Counter(m["Data"] for _, _, m in source_games)
     plain = [m for _, _, m in source_games
@@ -237,6 +239,7 @@ def test_shootouts_and_extra_time(answers, source_games):
     assert "perdeu por 3-2" in a and "após prolongamento" in a and "(Oriental 3-2 Farense)" in a
 
 
+@pytest.mark.slow
 def test_no_question_by_placeholder_or_missing_date(answers, source_games):
     dates = Counter(m["Data"] for _, _, m in source_games)
     shared = [d for d, n in dates.items() if n > 1 and d != "-"]
@@ -259,6 +262,7 @@ def expected_record(rows):
             sum(m["V-E-D"] == "D" for m in played), sum(g[0] for g in goals), sum(g[1] for g in goals))
 
 
+@pytest.mark.slow
 def test_season_records_agree_with_sources(answers, source_games):
     by_season = defaultdict(list)
     for season, _, m in source_games:

@@ -12,6 +12,8 @@ from farense_core import protocol as P
 from enginetools import EngineRun, adapter_arrays, assert_bit_identical, base_config, train_in_process
 from tiny_model import write_chat_data
 
+pytestmark = pytest.mark.slow  # training runs to memorisation
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 

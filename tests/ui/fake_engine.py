@@ -42,6 +42,7 @@ class FakeEngine:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.returncode: Optional[int] = None
         self.adapter: Optional[str] = None
+        self.model: Optional[str] = None
         self._out: "queue.Queue" = queue.Queue()
         self._resume = threading.Event()
         self._resume.set()
@@ -162,7 +163,7 @@ class FakeEngine:
             self._emit(P.Finished(command=record.type, status="failed", message=message))
             return
         if isinstance(record, P.ChatLoad):
-            self.adapter = record.adapter
+            self.model, self.adapter = record.model, record.adapter
             self._emit(P.ChatLoaded(model=record.model, adapter=record.adapter, seconds=1.2))
         elif isinstance(record, P.ChatAdapter):
             self.adapter = record.adapter
@@ -209,7 +210,7 @@ class FakeEngine:
         result = {"all": {"n": 4, "exact": 0.5, "facts": 0.75}, "token_exact": 0.5,
                   "by_kind": {"jogo": {"n": 3, "exact": 0.33, "facts": 0.67}, "clube": {"n": 1, "exact": 1.0, "facts": 1.0}},
                   "wrong": [self.WRONG], "seconds": 1.0}
-        report = {"model": "models/smollm2-135m", "adapter": self.adapter, "probes": [
+        report = {"model": self.model, "adapter": self.adapter, "probes": [
             {"probe": command.probe, "source": f"{command.data}/train.jsonl", "n": 4, "systems": {"adapter": result}}]}
         self._emit(P.EvaluateDone(report=report, path=f"{command.data}/../checkpoints/run/eval.json"))
         self._emit(P.Finished(command="evaluate"))

@@ -7,6 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh interpreters
+
 NO_MLX = r"""
 import asyncio, sys
 import farense_tui.cli, farense_tui.engine_client

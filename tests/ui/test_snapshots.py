@@ -12,6 +12,9 @@ from textual.widgets import Input
 from ui_helpers import SIZE, wait_for
 
 from farense_tui.widgets.metric_plot import MetricPlot
+import pytest
+
+pytestmark = pytest.mark.slow  # rendering the app
 
 
 async def settle(pilot) -> None:
