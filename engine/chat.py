@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from mlx.utils import tree_unflatten
 
 from farense_core import protocol as P
 from farense_core.models import ModelNotFoundError, locate_model
-from farense_core.rundir import RunDir, is_adapter_folder
+from farense_core.rundir import AdapterSettingsError, RunDir, is_adapter_folder, read_adapter_settings
 from farense_core.sampling import DEFAULTS as SAMPLER_DEFAULTS
 from farense_core.sampling import SamplerError, check_all
 
@@ -110,11 +109,9 @@ def adapter_folder(path: str) -> Path:
 
 def _fine_tune_type(folder: Path) -> str:
     try:
-        config = json.loads((folder / "adapter_config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ChatError(f"{folder / 'adapter_config.json'} cannot be read ({e}); "
-                        "export the adapter again from its run.") from None
-    return config.get("fine_tune_type", "lora")
+        return read_adapter_settings(folder).get("fine_tune_type", "lora")
+    except AdapterSettingsError as e:
+        raise ChatError(str(e)) from None
 
 
 def _unwrap_adapter_layers(model) -> None:

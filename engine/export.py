@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 from farense_core.config import ConfigError
 from farense_core.models import ModelNotFoundError, locate_model
-from farense_core.rundir import ADAPTER_FILES, RunDir
+from farense_core.rundir import ADAPTER_FILES, AdapterSettingsError, RunDir, read_adapter_settings
 from farense_core.sampling import DEFAULTS as SAMPLER_DEFAULTS
 
 from .chat import ChatError, adapter_folder
@@ -134,8 +134,7 @@ mlx_lm.server --model path/to/this/folder
 def copy_adapter(adapter: Path, base: Optional[str], dest: Path) -> None:
     for name in ADAPTER_FILES:
         shutil.copy2(adapter / name, dest / name)
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    (dest / "README.md").write_text(adapter_readme(config, base), encoding="utf-8")
+    (dest / "README.md").write_text(adapter_readme(read_adapter_settings(adapter), base), encoding="utf-8")
 
 
 def fuse_model(base: str, adapter: Path, dest: Path, dequantize: bool) -> None:
@@ -218,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = export(args.run, args.out, fuse=args.fuse, dequantize=args.dequantize,
                      model=args.model, force=args.force)
-    except (ExportError, ChatError) as e:
+    except (ExportError, ChatError, AdapterSettingsError) as e:
         print(f"farense-tui export: {e}", file=sys.stderr)
         return 1
     if args.fuse and not args.dequantize and json.loads((out / "config.json").read_text()).get("quantization"):

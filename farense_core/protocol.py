@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
+from .rundir import RUNS_FOLDER
 from .sampling import DEFAULTS as SAMPLER_DEFAULTS
 
 PROTOCOL_VERSION = 1
@@ -372,7 +373,7 @@ class Shutdown(Record):
 class Preflight(Record):
     type: ClassVar[str] = "preflight"
     config: dict = field(default_factory=dict)
-    out: str = "checkpoints"
+    out: str = RUNS_FOLDER
     probe: bool = False
     probe_seconds: float = 120.0  # wall-clock budget for the probe's training steps
 

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+RUNS_FOLDER = "checkpoints"  # where run folders, preflight's report and the recommended config go by default
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "state.json"
@@ -30,13 +31,28 @@ def is_adapter_folder(path: Path) -> bool:
     return all((Path(path) / f).is_file() for f in ADAPTER_FILES)
 
 
-def adapter_settings(folder: Path) -> dict:
-    """An adapter's adapter_config.json ({} when unreadable)."""
+class AdapterSettingsError(ValueError):
+    """An adapter folder whose adapter_config.json cannot be read; the message says what to do."""
+
+
+def read_adapter_settings(folder: Path) -> dict:
+    """An adapter's adapter_config.json; AdapterSettingsError (one sentence) when it cannot be read."""
+    path = Path(folder) / "adapter_config.json"
     try:
-        config = json.loads((Path(folder) / "adapter_config.json").read_text())
-    except (OSError, ValueError):
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterSettingsError(f"{path} cannot be read ({e}); export the adapter again from its run.") from None
+    if not isinstance(config, dict):
+        raise AdapterSettingsError(f"{path} is not a JSON object; export the adapter again from its run.")
+    return config
+
+
+def adapter_settings(folder: Path) -> dict:
+    """An adapter's adapter_config.json, or {} when it cannot be read (for guesses such as the base model)."""
+    try:
+        return read_adapter_settings(folder)
+    except AdapterSettingsError:
         return {}
-    return config if isinstance(config, dict) else {}
 
 
 def checkpoint_state(path: Path) -> Optional[dict]:

@@ -22,6 +22,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent
 from textual.worker import Worker, WorkerState
 
+from farense_core.rundir import RUNS_FOLDER
+
 from .engine_worker import EngineFactory, EngineLink, start_engine_process
 from .messages import OpenRun, RecommendedConfig, TrainingStarted
 from .session import Session
@@ -39,7 +41,7 @@ TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
 class AppOptions:
     engine_factory: EngineFactory = start_engine_process
     config_path: Optional[Path] = None  # a YAML config loaded into the Config tab at start
-    checkpoints_dir: Path = Path("checkpoints")
+    checkpoints_dir: Path = Path(RUNS_FOLDER)
     clock: Callable[[], _dt.datetime] = _dt.datetime.now  # names new run folders
     theme: str = "textual-dark"
 
@@ -223,7 +225,7 @@ class FarenseApp(App):
 
 
 def make_app(*, engine_factory: EngineFactory = start_engine_process, config_path: str | Path | None = None,
-             checkpoints_dir: str | Path = "checkpoints", clock: Callable[[], _dt.datetime] = _dt.datetime.now,
+             checkpoints_dir: str | Path = RUNS_FOLDER, clock: Callable[[], _dt.datetime] = _dt.datetime.now,
              theme: str = "textual-dark") -> FarenseApp:
     return FarenseApp(AppOptions(
         engine_factory=engine_factory, config_path=Path(config_path) if config_path else None,
@@ -235,7 +237,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="farense-tui", description="The farense-tui terminal app.")
     parser.add_argument("--config", default=os.environ.get("FARENSE_TUI_CONFIG"),
                         help="YAML config to load into the Config tab (env FARENSE_TUI_CONFIG)")
-    parser.add_argument("--checkpoints", default=os.environ.get("FARENSE_TUI_CHECKPOINTS", "checkpoints"),
+    parser.add_argument("--checkpoints", default=os.environ.get("FARENSE_TUI_CHECKPOINTS", RUNS_FOLDER),
                         help="folder of runs (env FARENSE_TUI_CHECKPOINTS; default: checkpoints)")
     return parser.parse_args(argv)
 

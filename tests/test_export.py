@@ -145,6 +145,7 @@ def test_refuses_to_overwrite_without_force(tiny_model, tmp_path, capsys):
     ("fuse without a base", "pass --model"),
     ("out inside the run", "run's own files"),
     ("wrong base", "could not be loaded"),
+    ("broken adapter config", "adapter_config.json cannot be read"),
 ])
 def test_bad_inputs_are_one_sentence(tiny_model, tmp_path, capsys, case, expected):
     run = make_run(tiny_model, tmp_path / "run")
@@ -156,7 +157,10 @@ def test_bad_inputs_are_one_sentence(tiny_model, tmp_path, capsys, case, expecte
         "fuse without a base": ["--run", str(run), "--out", str(out), "--fuse"],
         "out inside the run": ["--run", str(run), "--out", str(run / "adapters"), "--force"],
         "wrong base": ["--run", str(run), "--out", str(out), "--fuse", "--model", str(_other_model(tmp_path))],
+        "broken adapter config": ["--run", str(run), "--out", str(out)],
     }[case]
+    if case == "broken adapter config":
+        (run / "adapters" / "adapter_config.json").write_text('{"fine_tune_type": "lo')  # cut mid-write
     if case == "fuse without a base":
         (run / "config.yaml").unlink()
     if case == "no adapter":

@@ -18,6 +18,7 @@ from farense_core import config as C
 from farense_core import protocol as P
 from farense_core.blas import loaded_blas
 from farense_core.models import resolve_model
+from farense_core.rundir import RUNS_FOLDER
 
 from ..server import Context, handles
 from .checks import (
@@ -55,7 +56,7 @@ from .recommend import recommend
 # ------------------------------------------------------------------- the run
 
 
-def run_preflight(raw: dict, out: str | os.PathLike = "checkpoints", probe: bool = False, emit: Emit = lambda e: None,
+def run_preflight(raw: dict, out: str | os.PathLike = RUNS_FOLDER, probe: bool = False, emit: Emit = lambda e: None,
                   stop: Optional[threading.Event] = None, hardware: Optional[Hardware] = None,
                   device: Optional[DeviceInfo] = None, matmul_seconds: float = 1.0, compare_blas: bool = True,
                   probe_seconds: float = PROBE_SECONDS, probe_shapes: Optional[tuple[list, list]] = None,
@@ -175,7 +176,7 @@ def _write(out: Path, report: dict, recommended: dict, emit: Emit) -> tuple[str,
 @handles(P.Preflight)
 def handle_preflight(ctx: Context, cmd: P.Preflight) -> None:
     ctx.emit(P.State(state="preflight", detail="checking"))
-    run_preflight(cmd.config, cmd.out or "checkpoints", probe=cmd.probe, emit=ctx.emit, stop=ctx.stop_requested,
+    run_preflight(cmd.config, cmd.out or RUNS_FOLDER, probe=cmd.probe, emit=ctx.emit, stop=ctx.stop_requested,
                   probe_seconds=cmd.probe_seconds)
     mx.clear_cache()  # the model is gone; give its buffers back
 

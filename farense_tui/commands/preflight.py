@@ -18,6 +18,7 @@ from typing import Optional, Sequence, TextIO
 
 from farense_core import config as C
 from farense_core import protocol as P
+from farense_core.rundir import RUNS_FOLDER
 
 from ..describe import describe
 from ..engine_client import EngineGone, EngineProcess
@@ -32,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farense-tui preflight",
                                 description="Check this machine, the data and the model; recommend a config.")
     p.add_argument("--config", help="YAML config to check (ours or an mlx_lm.lora -c file); defaults otherwise")
-    p.add_argument("--out", default="checkpoints",
-                   help="folder for preflight_report.json and recommended_config.json (default: checkpoints)")
+    p.add_argument("--out", default=RUNS_FOLDER,
+                   help=f"folder for preflight_report.json and recommended_config.json (default: {RUNS_FOLDER})")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--probe", action="store_true",
                    help="measure real training steps at candidate batch sizes and lengths (takes a few minutes)")
