@@ -4,7 +4,7 @@
                               [--probe recall|paraphrase|heldout|FILE]... [--n N] [--no-base]
                               [--batch-size B] [--out FILE] [--json]
 
-Each question of a probe (``engine.probe``: trained questions, paraphrases of trained facts,
+Each question of a probe (``engine.recall``: trained questions, paraphrases of trained facts,
 held-out facts, or a file) goes through the chat template exactly as chat sends it and is
 answered greedily, in batches, by mlx-lm's ``batch_generate``; each answer is scored against the
 reference (``farense_core.scoring``: exact match, and facts match). The bare base and base + adapter
@@ -31,7 +31,7 @@ from farense_core.config import ConfigError, atomic_write_text
 from farense_core.rundir import RunDir, adapter_settings
 from farense_core.scoring import score, tally
 
-from . import probe as probes
+from . import recall as probes
 from .chat import ChatError, ChatSession, _require_session, adapter_folder
 from .server import Context, handles
 

@@ -6,7 +6,7 @@ checkpoints and the metrics files, ``farense_core.rundir`` says where everything
 is the loop: updates, validation, checkpoints, pause/stop, memory, and the judges.
 
 At every validation, besides the validation loss, one forward pass over the probe (trained
-questions and their paraphrases, ``engine.probe``) gives teacher-forced recall: what share of
+questions and their paraphrases, ``engine.recall``) gives teacher-forced recall: what share of
 answers greedy decoding would reproduce exactly. ``best_by`` picks the adapter kept in
 ``adapters/`` by it (or by validation loss), ``early_stop`` ends a run that stopped improving, and
 ``farense_core.health`` stops a diverging one, removing the checkpoints written while it diverged.
@@ -37,7 +37,7 @@ from farense_core.rundir import RunDir, is_adapter_folder
 from farense_core.schedule import learning_rate_at
 
 from . import checkpoints as ckpt
-from . import probe as probes
+from . import recall as probes
 from .datatools import length_stats
 from .model import InputError, adapter_config, parameter_counts, prepare, trainable_weights, weights_finite
 from .server import Context, handles

@@ -7,7 +7,7 @@ uninterrupted one.
 Why recall and not validation loss picks the adapter on fact data: the validation set holds
 facts the model never saw, so its loss rises exactly while the trained facts are being learned
 (measured: the adapter with the best validation loss answered 12.5% of its training questions,
-the last one 63%). Recall (``engine.probe``) measures the trained facts themselves.
+the last one 63%). Recall (``engine.recall``) measures the trained facts themselves.
 """
 
 from __future__ import annotations

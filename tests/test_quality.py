@@ -46,7 +46,7 @@ def memorised(tiny_model, facts, tmp_path_factory):
 
 def session_answers(model, adapter, data, checkpoint=None):
     """(teacher-forced exact per question, greedy answers) for the training questions."""
-    from engine import probe
+    from engine import recall as probe
     from engine.chat import ChatSession
     from engine.evaluate import answer_greedily
 

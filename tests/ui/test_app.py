@@ -527,15 +527,20 @@ async def test_chat_streams_a_reply(app_factory, factory, workdir):
         assert app.query_one("#prompt", Input).value == ""
 
 
+async def start_a_long_reply(pilot, app) -> ChatLog:
+    """Ask in the Chat tab and wait for the reply's first token."""
+    await pilot.press("f5")
+    await send_prompt(pilot, app, "Conta-me tudo")
+    log = app.query_one(ChatLog)
+    await wait_for(pilot, lambda: any(m.has_class("-streaming") for m in log.query(ChatMessage)), "the first token")
+    return log
+
+
 async def test_chat_reply_can_be_stopped(app_factory):
     factory = FakeFactory(delay=0.05)
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f5")
-        await send_prompt(pilot, app, "Conta-me tudo")
-        log = app.query_one(ChatLog)
-        await wait_for(pilot, lambda: any(m.has_class("-streaming") for m in log.query(ChatMessage)),
-                       "the first token")
+        log = await start_a_long_reply(pilot, app)
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.chat_tab.current is None, "the stopped reply")
         assert factory.last("chat").sent_of(P.Cancel)
@@ -547,11 +552,7 @@ async def test_new_conversation_drops_the_reply_in_flight(app_factory):
     factory = FakeFactory(delay=0.05)
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f5")
-        await send_prompt(pilot, app, "Conta-me tudo")
-        log = app.query_one(ChatLog)
-        await wait_for(pilot, lambda: any(m.has_class("-streaming") for m in log.query(ChatMessage)),
-                       "the first token")
+        log = await start_a_long_reply(pilot, app)
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: app.chat_tab.current is None, "the stopped reply")
         engine = factory.last("chat")

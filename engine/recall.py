@@ -1,4 +1,4 @@
-"""Probes: sets of questions with reference answers, and teacher-forced recall over them.
+"""Recall probes: sets of questions with reference answers, and teacher-forced recall over them.
 
 A probe is a sample of chat (or prompt/completion) examples: trained questions (from
 ``train.jsonl``), the same facts asked in phrasings the model never saw
