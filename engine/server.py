@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable, Optional, TextIO
+from typing import Callable, Iterator, Optional, TextIO
 
 from . import __version__
 from farense_core import protocol as P
@@ -36,29 +36,46 @@ class Context:
         self.stdin_closed = threading.Event()
         self.job_error = ""  # the first error of the job running now
         self.job_cancelled = False
+        self.signalled = False  # the last stop came from a signal, not a command
+        self.hello: Optional[P.Hello] = None
 
     # -- events
     def emit(self, record: P.Record) -> None:
         if isinstance(record, P.Error) and not self.job_error:
             self.job_error = record.message
         line = record.to_line() + "\n"
+        failed = []
         with self._lock:
-            for tee in self._tees:
-                tee.write(line)
-                tee.flush()
-            try:
-                self._out.write(line)
-                self._out.flush()
-            except (BrokenPipeError, ValueError):
-                pass  # the UI went away; the run folder still gets every event
+            for tee in list(self._tees):
+                try:
+                    tee.write(line)
+                    tee.flush()
+                except (OSError, ValueError) as e:  # a full disk: the run goes on, the UI still hears it
+                    self._tees.remove(tee)
+                    failed.append(f"{getattr(tee, 'name', 'the events file')} could not be written ({e}); "
+                                  f"the run goes on but that file stops here: free disk space.")
+            self._write_out(line)
+            for message in failed:
+                self._write_out(P.Warning(message=message, code="events_file").to_line() + "\n")
+
+    def _write_out(self, line: str) -> None:
+        try:
+            self._out.write(line)
+            self._out.flush()
+        except (OSError, ValueError):
+            pass  # the UI went away; the run folder still gets every event
 
     def tee(self, f: Optional[TextIO]) -> None:
-        """Also write every event to f (a run's events.jsonl); None removes all tees."""
+        """Also write every event to f (a run's events.jsonl), beginning with this engine's hello (so a
+        run folder says what produced each session of it); None removes all tees."""
         with self._lock:
             if f is None:
                 self._tees.clear()
-            else:
-                self._tees.append(f)
+                return
+            self._tees.append(f)
+            if self.hello is not None:
+                f.write(self.hello.to_line() + "\n")
+                f.flush()
 
     def warn(self, message: str, code: str = "") -> None:
         self.emit(P.Warning(message=message, code=code))
@@ -71,7 +88,7 @@ class Context:
 
     def run_job(self, handler: "Handler", cmd: P.Record) -> None:
         """Run one job and end it with its ``finished`` event."""
-        self.job_error, self.job_cancelled = "", False
+        self.job_error, self.job_cancelled, self.signalled = "", False, False
         try:
             handler(self, cmd)
         except Exception as e:  # noqa: BLE001 - every failure reaches the UI whole
@@ -95,6 +112,8 @@ class Context:
         except queue.Empty:
             return None
 
+
+IDLE_VERBS = {P.Stop: "stop", P.Pause: "pause", P.Resume: "continue", P.Cancel: "cancel"}
 
 Handler = Callable[[Context, P.Record], None]
 HANDLERS: dict[str, Handler] = {}
@@ -133,33 +152,77 @@ def describe_device() -> tuple[str, str, str]:
     return name, mx.__version__, lm_version
 
 
-def _reader(ctx: Context, stdin: TextIO) -> None:
-    for line in stdin:
-        if not line.strip():
-            continue
-        try:
-            cmd = P.parse_command(line)
-        except P.ProtocolError as e:
-            ctx.emit(P.Error(message=f"Bad command: {e}. Send one JSON object per line.", code="protocol"))
-            continue
-        if isinstance(cmd, (P.Stop, P.Shutdown)):
-            ctx.stop_requested.set()
-        if isinstance(cmd, P.Shutdown):
-            ctx.shutdown_requested.set()
-        ctx.commands.put(cmd)
-    ctx.stdin_closed.set()
-    ctx.shutdown_requested.set()
-    ctx.stop_requested.set()
-    ctx.commands.put(P.Shutdown())
+def _lines(read: Callable[[int], bytes], limit: int) -> Iterator[Optional[bytes]]:
+    """Lines from a byte source (newline kept), None in place of a line longer than ``limit`` bytes
+    (whose bytes are dropped as they come, never held)."""
+    buf, skipping = b"", False
+    while chunk := read(65536):
+        buf += chunk
+        while (end := buf.find(b"\n")) >= 0:
+            line, buf = buf[:end + 1], buf[end + 1:]
+            if skipping or len(line) > limit:
+                skipping = False
+                yield None
+            else:
+                yield line
+        if len(buf) > limit:
+            buf, skipping = b"", True
+    if buf and not skipping:
+        yield buf
+    elif skipping:
+        yield None
+
+
+def _reader(ctx: Context, read: Callable[[int], bytes]) -> None:
+    """Commands from stdin, one JSON object per line, until EOF. Survives any line: too long, not
+    UTF-8, nested too deeply, numbers too long to read; each is answered with an error event."""
+    try:
+        for line in _lines(read, P.MAX_LINE_BYTES):
+            if line is None:
+                ctx.emit(P.Error(message=f"Bad command: a line longer than {P.MAX_LINE_BYTES} bytes was ignored. "
+                                         f"Send one JSON object per line.", code="protocol"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                cmd = P.parse_command(line)
+            except P.ProtocolError as e:
+                ctx.emit(P.Error(message=f"Bad command: {e}. Send one JSON object per line.", code="protocol"))
+                continue
+            except Exception as e:  # noqa: BLE001 - no line may end the reader
+                ctx.emit(P.Error(message=f"Bad command: {type(e).__name__}: {e}. Send one JSON object per line.",
+                                 code="protocol"))
+                continue
+            if isinstance(cmd, (P.Stop, P.Shutdown)):
+                ctx.stop_requested.set()
+            if isinstance(cmd, P.Shutdown):
+                ctx.shutdown_requested.set()
+            ctx.commands.put(cmd)
+    except (OSError, ValueError):
+        pass  # stdin went away: the same as EOF
+    finally:
+        ctx.stdin_closed.set()
+        ctx.shutdown_requested.set()
+        ctx.stop_requested.set()
+        ctx.commands.put(P.Shutdown())
 
 
 def _install_signals(ctx: Context) -> None:
-    def on_signal(signum, frame):
+    """SIGINT stops the job and keeps the engine (a CLI's Ctrl+C reaches it too); SIGTERM stops the job
+    and ends the engine, also when it is idle."""
+
+    def on_interrupt(signum, frame):
         ctx.stop_requested.set()
+        ctx.signalled = True  # a Ctrl+C while idle is no mistake worth a warning
         ctx.commands.put(P.Stop())
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    def on_terminate(signum, frame):
+        ctx.stop_requested.set()
+        ctx.shutdown_requested.set()
+        ctx.commands.put(P.Shutdown())
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_terminate)
 
 
 def take_protocol_stream() -> TextIO:
@@ -181,11 +244,12 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
             broken.append((name, e, traceback.format_exc()))
 
     device, mlx_version, lm_version = describe_device()
-    ctx.emit(P.Hello(
+    ctx.hello = P.Hello(
         protocol=P.PROTOCOL_VERSION, engine_version=__version__, mlx_version=mlx_version,
         mlx_lm_version=lm_version, device=device, blas=loaded_blas(), pid=os.getpid(),
         platform=f"{platform.system()} {platform.machine()}",
-    ))
+    )
+    ctx.emit(ctx.hello)
     for name, e, tb in broken:
         ctx.emit(P.Error(message=f"The engine's {name} part failed to load ({type(e).__name__}: {e}); "
                                  f"reinstall farense-tui or report this.", traceback=tb, code="import"))
@@ -198,7 +262,10 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
             return 0
         if isinstance(cmd, (P.Stop, P.Pause, P.Resume, P.Cancel)):
             ctx.stop_requested.clear()
-            continue  # nothing running to act on
+            if not ctx.signalled:
+                ctx.warn(f"Nothing is running to {IDLE_VERBS[type(cmd)]}: the engine is idle.", code="idle")
+            ctx.signalled = False
+            continue
         ctx.run_job(HANDLERS.get(cmd.type, _unsupported), cmd)
         if ctx.shutdown_requested.is_set():
             return 0
@@ -210,7 +277,8 @@ def main() -> int:
     out = take_protocol_stream()
     ctx = Context(out)
     _install_signals(ctx)
-    reader = threading.Thread(target=_reader, args=(ctx, sys.stdin), daemon=True)
+    # os.read on the descriptor: a reader blocked there holds no lock that interpreter shutdown waits for
+    reader = threading.Thread(target=_reader, args=(ctx, lambda n: os.read(0, n)), daemon=True)
     try:
         return run(ctx, reader.start)
     except Exception as e:  # noqa: BLE001

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
@@ -42,8 +43,48 @@ class Record:
         return d
 
     def to_line(self) -> str:
-        """One JSON line, without the trailing newline."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+        """One strict JSON line, without the trailing newline. A NaN or infinite number (a diverging
+        loss) goes out as null, its field named in ``nonfinite`` ({"loss": "nan"}), and comes back as
+        the same number when parsed."""
+        d = self.to_dict()
+        flagged: dict = {}
+        d = _finite(d, "", flagged)
+        if flagged:
+            d["nonfinite"] = flagged
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any, path: str, flagged: dict) -> Any:
+    """value with non-finite floats replaced by None, their dotted paths recorded in flagged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        flagged[path] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), flagged) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}.{i}" if path else str(i), flagged) for i, v in enumerate(value)]
+    return value
+
+
+def _restore_nonfinite(obj: dict) -> None:
+    """Put back the numbers ``Record.to_line`` sent as null."""
+    flagged = obj.pop("nonfinite", None)
+    if not isinstance(flagged, dict):
+        return
+    for path, what in flagged.items():
+        if what not in ("nan", "inf", "-inf") or not isinstance(path, str):
+            continue
+        *parents, last = path.split(".")
+        node: Any = obj
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) and key.isdigit() else (
+                node.get(key) if isinstance(node, dict) else None)
+            if node is None:
+                break
+        if isinstance(node, dict) and node.get(last, 0) is None:
+            node[last] = float(what)
+        elif isinstance(node, list) and last.isdigit() and int(last) < len(node) and node[int(last)] is None:
+            node[int(last)] = float(what)
 
 
 @dataclass
@@ -505,8 +546,13 @@ def _parse(line: str | bytes, registry: dict[str, type], what: str) -> Record:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{what} line is not JSON ({e.msg} at column {e.colno}): {line[:80]!r}") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} line nests too deeply to read: {line[:80]!r}") from None
+    except ValueError as e:  # e.g. an integer of thousands of digits
+        raise ProtocolError(f"{what} line cannot be read ({e}): {line[:80]!r}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} line must be a JSON object, got {type(obj).__name__}")
+    _restore_nonfinite(obj)
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(f"{what} line has no string 'type' field")

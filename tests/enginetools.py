@@ -80,5 +80,5 @@ class EngineRun:
                    and e.id == getattr(command, "id", ""), timeout, on_event)
         return self.events[start:]
 
-    def close(self) -> None:
-        self.engine.close()
+    def close(self, timeout: float = 120.0) -> None:
+        self.engine.close(timeout)

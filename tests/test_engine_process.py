@@ -31,9 +31,58 @@ def test_hello_first_and_stdout_is_only_protocol(tiny_model, tiny_data, tmp_path
     assert hello.mlx_version and hello.mlx_lm_version and hello.device and hello.blas in ("openblas", "reference", "accelerate")
     # stdin closed (and shutdown sent) while training: the run stops with a checkpoint, never lost
     done = [e for e in events if isinstance(e, P.Done)]
-    assert len(done) == 1 and done[0].status in ("completed", "stopped")
+    # (the reader has queued the shutdown long before the model has loaded)
+    assert len(done) == 1 and done[0].status == "stopped"
     assert (tmp_path / "run" / "checkpoints").is_dir()
     assert any(isinstance(e, P.Error) and e.code == "protocol" for e in events)  # the garbage line
+    # the run folder's stream says what produced it: this engine's hello comes first
+    written = [P.parse_event(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert written[0] == hello and isinstance(written[1], P.Config)
+
+
+HOSTILE_LINES = [
+    b"[" * 100_000 + b"\n",  # nested deeper than the JSON reader goes
+    b'{"type": "chat", "id": "x", "message": "hi", "max_tokens": ' + b"9" * 5000 + b"}\n",  # a 5000-digit number
+    b'{"type": "pause"\xff\xfe}\n',  # not UTF-8
+    b'{"type": "train", "config": "' + b"x" * (P.MAX_LINE_BYTES + 10) + b'"}\n',  # longer than any command
+    b"\x00\x01\x02 binary\n",
+    b'{"type": "train", "config": {}, "run_dir": 7}\n',  # a field of the wrong type
+]
+
+
+def test_the_reader_survives_any_line_and_says_why(tmp_path):
+    eng = EngineRun()
+    try:
+        eng.until(lambda e: isinstance(e, P.State) and e.state == "idle")
+        raw = eng.engine.proc.stdin.buffer
+        for line in HOSTILE_LINES:
+            raw.write(line)
+        raw.flush()
+        errors = []
+        eng.until(lambda e: isinstance(e, P.Error) and errors.append(e) is None and len(errors) == len(HOSTILE_LINES),
+                  timeout=60)
+        assert all(e.code == "protocol" and e.message.startswith("Bad command:") for e in errors)
+        assert "nests too deeply" in errors[0].message and "longer than" in errors[3].message
+        assert "not UTF-8" in errors[2].message and "must be str" in errors[5].message
+        # still listening: a command that makes no sense while idle gets a warning, a real one its answer
+        eng.send(P.Pause())
+        warning = eng.until(lambda e: isinstance(e, P.Warning))
+        assert (warning.code, warning.message) == ("idle", "Nothing is running to pause: the engine is idle.")
+        finished = eng.request(P.ChatReset())[-1]
+        assert finished.command == "chat_reset"
+    finally:
+        eng.close(timeout=30)
+    assert eng.engine.returncode == 0
+
+
+def test_sigterm_while_idle_ends_the_engine():
+    eng = EngineRun()
+    try:
+        eng.until(lambda e: isinstance(e, P.State) and e.state == "idle")
+        os.kill(eng.engine.proc.pid, signal.SIGTERM)
+        assert eng.engine.wait(30) == 0
+    finally:
+        eng.close(timeout=5)
 
 
 def test_pause_resume_stop(tiny_model, tiny_data, tmp_path):

@@ -74,3 +74,39 @@ def test_oversized_line_is_rejected():
 def test_commands_and_events_are_separate_namespaces():
     with pytest.raises(P.ProtocolError, match="unknown command type"):
         P.parse_command(P.Warning(message="x").to_line())
+
+
+def test_lines_are_strict_json_and_non_finite_numbers_come_back():
+    import json
+    import math
+
+    step = P.Step(step=3, total_steps=9, epoch=1, epoch_progress=0.3, loss=float("nan"), learning_rate=1e-3,
+                  tokens=10, trained_tokens=30, tokens_per_second=float("inf"), iterations_per_second=1.0,
+                  elapsed=1.0, eta=2.0, memory=P.Memory())
+    line = step.to_line()
+    strict = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert strict["loss"] is None and strict["nonfinite"] == {"loss": "nan", "tokens_per_second": "inf"}
+    back = P.parse_event(line)
+    assert math.isnan(back.loss) and back.tokens_per_second == math.inf and back.tokens == 10
+    done = P.Done(status="diverged", summary={"final_loss": float("-inf"), "losses": [1.0, float("nan")]})
+    back = P.parse_event(done.to_line())
+    assert back.summary["final_loss"] == -math.inf and back.summary["losses"][0] == 1.0
+    assert math.isnan(back.summary["losses"][1])
+    assert "nonfinite" not in P.Eval(step=1, epoch=1, val_loss=1.5, val_time=0.1, best_val_loss=1.5,
+                                     is_best=True).to_line()
+
+
+def test_lines_too_deep_or_too_long_to_read_are_protocol_errors():
+    with pytest.raises(P.ProtocolError, match="nests too deeply"):
+        P.parse_command("[" * 100_000)
+    with pytest.raises(P.ProtocolError, match="cannot be read"):
+        P.parse_command('{"type": "stop", "x": ' + "1" * 5000 + "}")
+    with pytest.raises(P.ProtocolError, match="not UTF-8"):
+        P.parse_command(b'{"type": "stop"\xff}')
+
+
+def test_the_engine_reader_splits_lines_and_drops_oversized_ones():
+    from engine.server import _lines
+
+    data = iter([b'{"a": 1}\n{"b"', b': 2}\n' + b"x" * 50, b"x" * 50 + b"\nlast"])
+    assert list(_lines(lambda n: next(data, b""), limit=64)) == [b'{"a": 1}\n', b'{"b": 2}\n', None, b"last"]
