@@ -33,7 +33,8 @@ from farense_core import protocol as P
 from farense_core.datafiles import TRAIN_FILE, VALID_FILE, DataError, read_examples, sample_format
 from farense_core.health import DivergenceGuard, Progress, Validation
 from farense_core.models import resolve_model
-from farense_core.rundir import RunDir, is_adapter_folder
+from farense_core.rundir import (STATE_FILE, RunDir, RunLock, RunLocked, checkpoint_problem, checkpoint_update,
+                                 is_adapter_folder)
 from farense_core.schedule import learning_rate_at
 
 from . import checkpoints as ckpt
@@ -208,20 +209,61 @@ class Run:
                              "is text); set early_stop.metric to val_loss or eval_samples above 0.")
 
     # ---- resume
-    def restore(self) -> Optional[Path]:
-        found = self.rd.newest_checkpoint()
-        if found is None:
-            self.ctx.warn(f"No complete checkpoint in {self.rd.checkpoints}; starting from the beginning.")
+    def restore(self, from_update: Optional[int] = None) -> Optional[Path]:
+        """Load the newest intact checkpoint (or that of ``from_update``): checksums compared, then a
+        trial load. Damaged newer ones are set aside (renamed, never deleted) and named in a warning;
+        so are the newer ones a resume from an older checkpoint leaves behind."""
+        rd = self.rd
+        if from_update is not None:
+            candidates = [rd.checkpoint(from_update)]
+            if not candidates[0].is_dir():
+                have = ", ".join(str(checkpoint_update(p)) for p in rd.list_checkpoints()) or "none"
+                raise InputError(f"{rd.checkpoints} has no checkpoint of update {from_update} (it has: {have}); "
+                                 f"pick one of those with --from-checkpoint.")
+        else:
+            candidates = list(reversed(rd.list_checkpoints()))
+        damaged, chosen = [], None
+        for path in candidates:
+            problem = checkpoint_problem(path, hashes=True)
+            if problem is None:
+                try:
+                    state = json.loads((path / STATE_FILE).read_text())
+                    pos = Position.of(state)
+                    ckpt.load_checkpoint(path, self.model, self.optimizer)
+                except ckpt.CheckpointLoadError as e:
+                    problem = str(e)
+                except (KeyError, TypeError, ValueError) as e:
+                    problem = f"its {STATE_FILE} holds no valid position ({type(e).__name__}: {e})"
+            if problem is None:
+                chosen = path
+                break
+            damaged.append((path, problem))
+        if chosen is None:
+            if from_update is not None:
+                raise InputError(f"The checkpoint {candidates[0]} is damaged: {damaged[0][1]}; pick another with "
+                                 f"--from-checkpoint, or resume from the newest intact one.")
+            if damaged:
+                listing = "; ".join(f"{p.name}: {why}" for p, why in damaged)
+                raise InputError(f"No intact checkpoint in {rd.checkpoints} ({listing}); start the run again in a "
+                                 f"new folder.")
+            self.ctx.warn(f"No complete checkpoint in {rd.checkpoints}; starting from the beginning.")
             return None
-        path, state = found
-        ckpt.load_checkpoint(path, self.model, self.optimizer)
-        self.pos = Position.of(state)
+        for path, problem in damaged:
+            aside = rd.set_aside(path, "damaged")
+            self.ctx.warn(f"The checkpoint {path.name} is damaged: {problem}. It is set aside as {aside.name}; "
+                          f"resuming from {chosen.name} instead.", code="damaged_checkpoint")
+        newer = [p for p in rd.list_checkpoints() if checkpoint_update(p) > checkpoint_update(chosen)]
+        for path in newer:
+            aside = rd.set_aside(path, "abandoned")
+            self.ctx.warn(f"Resuming from {chosen.name}, so the later checkpoint {path.name} is set aside as "
+                          f"{aside.name} (delete it when you no longer need it).", code="abandoned_checkpoint")
+        self.pos = pos
         if "progress" in state:  # checkpoints of earlier versions hold no judges: they start afresh
             self.progress = Progress(self.best_by, self.cfg["early_stop"], state["progress"])
             self.guard = DivergenceGuard(self.cfg["divergence_factor"], self.cfg["divergence_patience"],
                                          state["guard"])
         self.metrics.load_until(self.pos.update)
-        return path
+        return chosen
 
     # ---- checkpoints
     def save_checkpoint(self, reason: str) -> Path:
@@ -229,7 +271,8 @@ class Run:
             raise Diverged(f"the weights stopped being finite by update {self.pos.update}",
                            self.guard.first_bad if self.guard.streak else None)
         state = {**self.pos.state(), "total_updates": self.total_updates, "reason": reason, "seed": self.cfg["seed"],
-                 "saved_at": time.time(), "progress": self.progress.state(), "guard": self.guard.state()}
+                 "saved_at": time.time(), "progress": self.progress.state(), "guard": self.guard.state(),
+                 "config": self.cfg}  # a resume can go on even if config.yaml is gone
         path = ckpt.write_checkpoint(self.rd, self.pos.update, trainable_weights(self.model), self.optimizer.state,
                                      self.adapter_config, state)
         self.metrics.write_json()
@@ -366,6 +409,22 @@ class Run:
             return self._loop()
         except Diverged as e:
             return self.diverged(str(e), e.first_bad)
+        except ckpt.DiskFull as e:
+            return self.disk_full(e)
+
+    def disk_full(self, e: "ckpt.DiskFull") -> str:
+        """The run stops where it is; its newest checkpoint (written before the disk filled) resumes it."""
+        self.ctx.emit(P.Error(message=str(e), code="disk_full"))
+        return "disk_full"
+
+    def check_disk(self) -> None:
+        """Before the first update: room for a checkpoint and the two adapters, or one sentence."""
+        weights = trainable_weights(self.model)
+        need = ckpt.checkpoint_bytes(weights, self.optimizer.state) + 2 * ckpt.array_bytes(weights)
+        free = ckpt.free_bytes(self.rd.path)
+        if free < need:
+            raise ckpt.DiskFull(self.rd.path, need, free, "this run (a checkpoint and its adapters)",
+                                then="then start it again" if not self.resume else "then resume it again")
 
     def diverged(self, why: str, first_bad: Optional[int]) -> str:
         """Remove the checkpoints written while the run diverged; say what to change. The loss of update
@@ -472,20 +531,25 @@ class Run:
         }
 
     def finish(self, status: str) -> dict:
-        if status in P.Done.FINISHED:
-            self.save_adapter(self.rd.final)
-            if not is_adapter_folder(self.rd.best):  # no validation kept a best: the last is the best
-                self.pos.best_step = self.pos.update
-                self.save_adapter(self.rd.best)
-        if status != "diverged" and self.last_saved_update != self.pos.update:
-            try:
+        try:
+            if status in P.Done.FINISHED:
+                self.save_adapter(self.rd.final)
+                if not is_adapter_folder(self.rd.best):  # no validation kept a best: the last is the best
+                    self.pos.best_step = self.pos.update
+                    self.save_adapter(self.rd.best)
+            if status not in ("diverged", "disk_full") and self.last_saved_update != self.pos.update:
                 self.save_checkpoint({"completed": "final", "early_stopped": "final",
                                       "memory_guard": "memory_guard"}.get(status, "stop"))
-            except Diverged as e:
-                status = self.diverged(str(e), None)
+        except Diverged as e:
+            status = self.diverged(str(e), None)
+        except ckpt.DiskFull as e:
+            status = self.disk_full(e)
         summary = self.summary(status)
-        C.atomic_write_text(self.rd.summary, json.dumps(summary, indent=2))
-        self.metrics.write_json()
+        try:
+            C.atomic_write_text(self.rd.summary, json.dumps(summary, indent=2))
+            self.metrics.write_json()
+        except (OSError, ckpt.DiskFull):
+            pass  # a full disk: the done event still carries the summary
         return summary
 
 
@@ -501,22 +565,32 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
             for k in ORDER_KEYS if saved.get(k) != now.get(k)]
 
 
-def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False) -> P.Done:
+def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False,
+          from_checkpoint: Optional[int] = None) -> P.Done:
     """Run (or resume) a training run, writing the run folder. Returns the done event it emitted."""
     rd = RunDir(run_dir)
-    events_file = None
+    events_file, lock = None, None
     try:
+        if from_checkpoint is not None and not resume:
+            raise InputError("from_checkpoint picks the checkpoint a resume starts from; resume the run to use it.")
         if resume:
+            newest = rd.newest_checkpoint()
             if not cfg_raw and rd.config.exists():
                 cfg_raw = rd.settings()
-            if not rd.config.exists() and rd.newest_checkpoint() is None:
+            elif not cfg_raw and newest is not None and isinstance(newest[1].get("config"), dict):
+                cfg_raw = newest[1]["config"]  # config.yaml is gone: the checkpoint keeps the run's config
+                ctx.warn(f"{rd.config} is missing; resuming with the config saved in {newest[0].name}.")
+            if not cfg_raw and not rd.list_checkpoints():
                 raise InputError(f"{rd.path} holds no run to resume; start a new run or pick another folder.")
+            if not cfg_raw:
+                raise InputError(f"{rd.path} has no config.yaml and its checkpoints keep no config; pass the run's "
+                                 f"config to resume it.")
         cfg, notes = C.validate(cfg_raw)
         if resume and rd.config.exists():
             notes += resume_differences(C.validate(rd.settings())[0], cfg)
-        if not resume and rd.newest_checkpoint() is not None:
+        lock = RunLock(rd).acquire()  # one run per folder, from here to the end
+        if not resume and rd.list_checkpoints():
             raise InputError(f"{rd.path} already holds a run with checkpoints; resume it or choose a new run folder.")
-        rd.path.mkdir(parents=True, exist_ok=True)
         ckpt.remove_interrupted_writes(rd)
         events_file = open(rd.events, "a", encoding="utf-8")
         ctx.tee(events_file)
@@ -524,20 +598,26 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
             ctx.warn(note, code="ignored_key")
         C.save_yaml(cfg, rd.config)
         newest = rd.newest_checkpoint()
+        if from_checkpoint is not None:
+            newest = (rd.checkpoint(from_checkpoint), {})
         run = Run(ctx, cfg, rd, resume)
         if not resume:
             ckpt.Metrics(rd).clear()
         ctx.emit(P.Config(config=cfg, run_dir=str(rd.path),
                           resumed_from=str(newest[0]) if resume and newest else None))
         run.prepare()
+        run.check_disk()
         if resume:
-            run.restore()
+            run.restore(from_checkpoint)
         status = run.loop()
         if status == "stop":
             status = "stopped"
         summary = run.finish(status)
         done = P.Done(status=summary["status"], summary=summary)
-    except (InputError, DataError, C.ConfigError) as e:
+    except ckpt.DiskFull as e:
+        ctx.emit(P.Error(message=str(e), code="disk_full"))
+        done = P.Done(status="disk_full", summary={"error": str(e)})
+    except (InputError, DataError, C.ConfigError, RunLocked) as e:
         ctx.emit(P.Error(message=str(e), code="input"))
         done = P.Done(status="failed", summary={"error": str(e)})
     except Exception as e:  # noqa: BLE001 - shown whole, never swallowed
@@ -549,9 +629,11 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
     if events_file is not None:
         ctx.tee(None)
         events_file.close()
+    if lock is not None:
+        lock.release()
     return done
 
 
 @handles(P.Train)
 def handle_train(ctx: Context, cmd: P.Train) -> None:
-    train(ctx, cmd.config, cmd.run_dir, cmd.resume)
+    train(ctx, cmd.config, cmd.run_dir, cmd.resume, cmd.from_checkpoint)

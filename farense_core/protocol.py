@@ -257,10 +257,11 @@ class State(Record):
 @dataclass
 class Done(Record):
     type: ClassVar[str] = "done"
-    status: str  # completed, early_stopped, stopped, memory_guard, diverged, failed
+    status: str  # completed, early_stopped, stopped, memory_guard, disk_full, diverged, failed
     summary: dict = field(default_factory=dict)
 
-    STATUSES: ClassVar[tuple] = ("completed", "early_stopped", "stopped", "memory_guard", "diverged", "failed")
+    STATUSES: ClassVar[tuple] = ("completed", "early_stopped", "stopped", "memory_guard", "disk_full", "diverged",
+                                 "failed")
     FINISHED: ClassVar[tuple] = ("completed", "early_stopped")  # the run is over: nothing to resume
 
 
@@ -385,6 +386,7 @@ class Train(Record):
     config: dict
     run_dir: str
     resume: bool = False
+    from_checkpoint: Optional[int] = None  # resume from this update's checkpoint, not the newest
 
 
 SIGNALS = ("pause", "resume", "stop", "cancel", "shutdown")  # commands that act on a job, not jobs

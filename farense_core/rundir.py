@@ -16,7 +16,13 @@ all through ``RunDir``.
 
 from __future__ import annotations
 
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +30,7 @@ RUNS_FOLDER = "checkpoints"  # where run folders, preflight's report and the rec
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
 CHECKPOINT_FILES = ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors", STATE_FILE)
 
 
@@ -55,16 +62,55 @@ def adapter_settings(folder: Path) -> dict:
         return {}
 
 
-def checkpoint_state(path: Path) -> Optional[dict]:
-    """The state of a complete checkpoint folder, or None if any part is missing or unreadable."""
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    """What a checkpoint's state.json keeps of each of its files, to tell later whether it is intact."""
+    return {"bytes": Path(path).stat().st_size, "sha256": file_digest(path)}
+
+
+def checkpoint_problem(path: Path, hashes: bool = False) -> Optional[str]:
+    """None for a complete, intact checkpoint folder; otherwise what is wrong with it, as the end of a
+    sentence. Sizes are always compared with those state.json recorded, checksums when ``hashes``."""
     path = Path(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return f"it has no {STATE_FILE} (it was being written when its run stopped)"
+    except (OSError, ValueError) as e:
+        return f"its {STATE_FILE} cannot be read ({e})"
+    if not isinstance(state, dict) or state.get("complete") is not True:
+        return f"its {STATE_FILE} does not mark it complete"
+    if not isinstance(state.get("update"), int) or not isinstance(state.get("epoch", 0), int):
+        return f"its {STATE_FILE} holds no valid position"
+    for name in CHECKPOINT_FILES:
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    files = state.get("files")  # checkpoints of earlier versions recorded none
+    if isinstance(files, dict):
+        for name, record in files.items():
+            target = path / name
+            if not target.is_file():
+                return f"{name} is missing"
+            if not isinstance(record, dict) or target.stat().st_size != record.get("bytes"):
+                return f"{name} has {target.stat().st_size:,} bytes, not the {record.get('bytes', 0):,} written"
+            if hashes and file_digest(target) != record.get("sha256"):
+                return f"{name} does not match the checksum written with it"
+    return None
+
+
+def checkpoint_state(path: Path, hashes: bool = False) -> Optional[dict]:
+    """The state of a complete, intact checkpoint folder, or None."""
+    if checkpoint_problem(path, hashes) is not None:
         return None
-    if not isinstance(state, dict) or not all((path / f).is_file() for f in CHECKPOINT_FILES):
-        return None
-    return state if state.get("complete") else None
+    return json.loads((Path(path) / STATE_FILE).read_text())
 
 
 def checkpoint_update(path: Path) -> int:
@@ -104,6 +150,10 @@ class RunDir:
         return self.path / "eval.json"
 
     @property
+    def lock(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -131,13 +181,27 @@ class RunDir:
                  and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
         return sorted(found, key=checkpoint_update)
 
-    def newest_checkpoint(self) -> Optional[tuple[Path, dict]]:
-        """The newest complete checkpoint and its state."""
+    def newest_checkpoint(self, hashes: bool = False,
+                          damaged: Optional[list] = None) -> Optional[tuple[Path, dict]]:
+        """The newest complete, intact checkpoint and its state (checksums compared when ``hashes``);
+        the newer ones that are not go into ``damaged`` as (path, problem)."""
         for path in reversed(self.list_checkpoints()):
-            state = checkpoint_state(path)
-            if state is not None:
-                return path, state
+            problem = checkpoint_problem(path, hashes)
+            if problem is None:
+                return path, json.loads((path / STATE_FILE).read_text())
+            if damaged is not None:
+                damaged.append((path, problem))
         return None
+
+    def set_aside(self, path: Path, why: str) -> Path:
+        """Move a checkpoint out of the way of resume without deleting it: ``checkpoints/<why>-step_N``."""
+        path = Path(path)
+        target = path.with_name(f"{why}-{path.name}")
+        n = 2
+        while target.exists():
+            target, n = path.with_name(f"{why}{n}-{path.name}"), n + 1
+        path.rename(target)
+        return target
 
     # -- what the run offers
     def adapter(self) -> Optional[Path]:
@@ -162,3 +226,88 @@ class RunDir:
         """The run an adapter folder belongs to (the folder itself, or its parent), if any."""
         folder = Path(adapter)
         return next((cls(p) for p in (folder, folder.parent) if cls(p).events.is_file()), None)
+
+
+# ------------------------------------------------------------------ one run per folder
+
+
+class RunLocked(Exception):
+    """The run folder is in use by a live process; the message names it and says what to do."""
+
+
+def _describe_holder(holder: dict) -> str:
+    started = holder.get("started")
+    when = ""
+    if isinstance(started, (int, float)):
+        when = f", since {_dt.datetime.fromtimestamp(started).strftime('%Y-%m-%d %H:%M')}"
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{when}"
+
+
+class RunLock:
+    """The lock a training run holds on its folder while it trains (``run.lock``, an flock the
+    operating system releases when the process ends, however it ends: a dead process never holds it).
+    The file says who holds it (pid, host, start time), for the sentence a second run is refused with
+    and for the UI, which finds live runs by it."""
+
+    def __init__(self, rd: RunDir):
+        self.rd = rd
+        self.fd: Optional[int] = None
+
+    def acquire(self, what: str = "training") -> "RunLock":
+        self.rd.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.rd.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLocked(f"{self.rd.path} is in use by another run ({_describe_holder(holder)}); stop that "
+                            f"run first, or train into another folder.") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _dt.datetime.now().timestamp(),
+                  "what": what}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = json.loads(os.read(fd, 4096) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def lock_holder(rd: RunDir) -> Optional[dict]:
+    """Who holds the run folder's lock now (pid, host, started, what), or None when no live process does."""
+    try:
+        fd = os.open(rd.lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_holder(fd) or {"pid": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

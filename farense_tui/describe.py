@@ -7,7 +7,7 @@ from typing import Optional
 
 from farense_core import protocol as P
 
-from .format import duration, size
+from farense_core.format import duration, size
 from .runs import format_loss
 
 

@@ -20,13 +20,14 @@ def base_config(model: Path, data: Path, **kw) -> dict:
     return cfg
 
 
-def train_in_process(cfg: dict, run_dir: Path, resume: bool = False) -> tuple[P.Done, list]:
+def train_in_process(cfg: dict, run_dir: Path, resume: bool = False,
+                     from_checkpoint: int | None = None) -> tuple[P.Done, list]:
     from engine.server import Context
     from engine.trainer import train
 
     out = io.StringIO()
     ctx = Context(out)
-    done = train(ctx, cfg, run_dir, resume)
+    done = train(ctx, cfg, run_dir, resume, from_checkpoint)
     events = [P.parse_event(line) for line in out.getvalue().splitlines()]
     return done, events
 

@@ -23,6 +23,7 @@ from farense_core import config as C
 from farense_core import protocol as P
 from farense_core.batching import padded_length
 from farense_core.datafiles import CheckResult, check_file
+from farense_core.format import count, gb
 from farense_core.models import default_model_installed, default_model_path, is_hub_id
 
 from ..datatools import length_stats
@@ -40,11 +41,9 @@ from .estimate import (
     ModelInfo,
     _jsonable,
     _round_up,
-    count,
     estimate_disk,
     estimate_memory,
     estimate_time,
-    gb,
     minutes,
     phrasings_per_answer,
     plural,

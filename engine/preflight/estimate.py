@@ -29,16 +29,6 @@ OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "sgd": 0, "adafactor": 1}  # state arr
 
 Emit = Callable[[P.Record], None]
 
-def gb(n: float) -> str:
-    """Bytes for people: MB under a gigabyte, GB from there."""
-    if abs(n) < 10 * MB:
-        return f"{n / MB:.1f} MB"
-    return f"{n / MB:,.0f} MB" if abs(n) < GB else f"{n / GB:.1f} GB"
-
-
-def count(n: float) -> str:
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:,.0f}M" if n >= 10e6 else f"{n / 1e6:.2f}M"
-
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Optional
 import mlx.core as mx
 
 from farense_core import protocol as P
+from farense_core.format import gb
 
 from ..model import apply_fine_tune_type, set_base_dtype
 from ..step import compiled_step, make_optimizer
@@ -23,7 +24,6 @@ from .estimate import (
     _jsonable,
     _round_up,
     estimate_memory,
-    gb,
     longest_example,
     minutes,
 )

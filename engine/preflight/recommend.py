@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from farense_core import batching
+from farense_core.format import count, gb
 
 from .estimate import (
     GB,
@@ -16,9 +17,7 @@ from .estimate import (
     ModelInfo,
     _jsonable,
     _round_up,
-    count,
     estimate_memory,
-    gb,
     longest_example,
     plural,
     working_dtype,

@@ -22,7 +22,7 @@ from farense_core.rundir import RUNS_FOLDER
 
 from ..describe import describe
 from ..engine_client import EngineGone, EngineProcess
-from ..format import size
+from farense_core.format import size
 
 COLOURS = {"pass": "32", "warn": "33", "fail": "31"}  # ANSI green, yellow, red
 SHOWN_SETTINGS = ("model", "base_dtype", "batch_size", "grad_accumulation_steps", "max_seq_length",

@@ -1,4 +1,4 @@
-"""``farense-tui train --config FILE --run-dir DIR [--resume]``: headless training on the engine.
+"""``farense-tui train --config FILE --run-dir DIR [--resume [--from-checkpoint STEP]]``: headless training.
 
 Shows a progress bar with ETA on a terminal, plain lines otherwise; exits 0 when the run
 completes. The engine writes the run folder itself, so this is only a view of its stream.
@@ -17,16 +17,21 @@ from farense_core.rundir import RunDir
 
 from ..describe import describe
 from ..engine_client import EngineGone, EngineProcess
-from ..format import duration, size
+from farense_core.format import duration, size
 
-EXIT = {"completed": 0, "early_stopped": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "stopped": 130}
+EXIT = {"completed": 0, "early_stopped": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "disk_full": 5,
+        "stopped": 130}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farense-tui train", description="Train headless on the engine.")
     p.add_argument("--config", help="YAML config (ours or an mlx_lm.lora -c file); optional with --resume")
     p.add_argument("--run-dir", required=True, help="run folder: events, metrics, checkpoints and adapters go here")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest complete checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's newest intact checkpoint (checksums verified)")
+    p.add_argument("--from-checkpoint", type=int, metavar="STEP",
+                   help="resume from the checkpoint of update STEP instead of the newest (implies --resume; "
+                        "later checkpoints are set aside, not deleted)")
     return p
 
 
@@ -73,6 +78,8 @@ class Progress:
 
 def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: Optional[bool] = None) -> int:
     raw: dict = {}
+    if args.from_checkpoint is not None:
+        args.resume = True
     if args.config:
         try:
             raw = C.load_yaml(args.config)
@@ -83,8 +90,9 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
     elif not args.resume:
         print("farense-tui: --config is needed to start a run (it is optional only with --resume).", file=sys.stderr)
         return 2
-    elif not RunDir(args.run_dir).config.exists():
-        print(f"farense-tui: {args.run_dir} has no config.yaml to resume from; pass --config.", file=sys.stderr)
+    elif not RunDir(args.run_dir).config.exists() and not RunDir(args.run_dir).list_checkpoints():
+        print(f"farense-tui: {args.run_dir} holds no run to resume (no config.yaml, no checkpoints); pass --config "
+              f"to start one.", file=sys.stderr)
         return 2
 
     engine = engine or EngineProcess()
@@ -123,7 +131,8 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
             progress.line(line.text)
 
     try:
-        engine.request(P.Train(config=raw, run_dir=str(args.run_dir), resume=bool(args.resume)), show)
+        engine.request(P.Train(config=raw, run_dir=str(args.run_dir), resume=bool(args.resume),
+                               from_checkpoint=args.from_checkpoint), show)
     except EngineGone as e:
         print(f"farense-tui: {e}", file=sys.stderr)
         return 1
@@ -148,6 +157,9 @@ def outcome(done: P.Done, run_dir: str) -> str:
     if done.status in ("stopped", "memory_guard"):
         return (f"checkpoint saved at update {s.get('updates')}; continue with "
                 f"'farense-tui train --run-dir {run_dir} --resume'")
+    if done.status == "disk_full" and "updates" in s:
+        return (f"stopped at update {s.get('updates')}: the disk is full (see above); free space, then continue "
+                f"from the newest checkpoint with 'farense-tui train --run-dir {run_dir} --resume'")
     return "no run; fix the error above and start again."
 
 

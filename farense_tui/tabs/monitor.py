@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TabPane
 
-from ..format import duration, size
+from farense_core.format import duration, size
 from ..runs import GB, RunError, RunHistory, Snapshot, format_loss, load_run
 from ..widgets.deferred import mount_after_first_frame
 from ..widgets.gauge import Gauge

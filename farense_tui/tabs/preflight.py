@@ -16,7 +16,7 @@ from textual.widgets import Button, DataTable, Label, Static, TabPane
 from farense_core import protocol as P
 
 from ..messages import EngineEvent, EngineExited, RecommendedConfig
-from ..format import size
+from farense_core.format import size
 from ..session import Session
 
 CHECK_COLUMNS = (("status", 6), ("category", 8), ("check", 13), ("detail", 44), ("fix", 33))  # fits 120 columns

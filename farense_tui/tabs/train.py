@@ -16,7 +16,7 @@ from textual.widgets import Button, DataTable, Label, ProgressBar, Static, TabPa
 from farense_core import protocol as P
 
 from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
-from ..format import duration
+from farense_core.format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
 from ..widgets.event_log import EventLog
 from ..session import Session

@@ -14,7 +14,7 @@ from textual.widgets import Checkbox, DataTable, Input, ProgressBar, Select, Sta
 
 from farense_core import protocol as P
 from farense_tui.engine_client import EngineProcess
-from farense_tui.format import size
+from farense_core.format import size
 from farense_tui.messages import EngineEvent, ReplyProgress, TrainingProgress
 from farense_tui.tabs.chat import ChatTab
 from farense_tui.tabs.monitor import available_level

@@ -1,4 +1,4 @@
-"""Human-readable figures, shared by the CLI and the TUI."""
+"""Human-readable figures, shared by the engine, the CLI and the TUI."""
 
 from __future__ import annotations
 
@@ -21,3 +21,18 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+MB, GB = 1024 ** 2, 1024 ** 3
+
+
+def gb(n: float) -> str:
+    """Bytes for sentences: MB under a gigabyte (one decimal under 10 MB), GB from there."""
+    if abs(n) < 10 * MB:
+        return f"{n / MB:.1f} MB"
+    return f"{n / MB:,.0f} MB" if abs(n) < GB else f"{n / GB:.1f} GB"
+
+
+def count(n: float) -> str:
+    """A parameter count: 135M, 1.7B."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:,.0f}M" if n >= 10e6 else f"{n / 1e6:.2f}M"
