@@ -85,7 +85,27 @@ def apply_fine_tune_type(model, cfg: dict) -> None:
         for layer in model.layers[-max(n, 0):]:
             layer.unfreeze()
     else:
+        check_lora_keys(model, cfg["lora_parameters"].get("keys"))
         linear_to_lora_layers(model, n, cfg["lora_parameters"], use_dora=cfg["fine_tune_type"] == "dora")
+
+
+def adaptable_modules(model) -> list[str]:
+    """The names, within a block, of the layers LoRA can adapt (linear and switch layers)."""
+    block = model.layers[-1]
+    return [name for name, m in block.named_modules()
+            if name and (isinstance(m, (nn.Linear, nn.QuantizedLinear)) or "SwitchLinear" in type(m).__name__)]
+
+
+def check_lora_keys(model, keys) -> None:
+    """lora_parameters.keys must name layers the blocks have (mlx-lm skips unknown names silently and
+    fails on other kinds of module)."""
+    if not keys:
+        return
+    have = adaptable_modules(model)
+    wrong = [k for k in keys if k not in have]
+    if wrong:
+        raise InputError(f"lora_parameters.keys names {', '.join(wrong)}, which this model's blocks do not have as "
+                         f"linear layers; use some of: {', '.join(have)}.")
 
 
 def prepare(name: str, cfg: dict):

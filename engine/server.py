@@ -16,11 +16,13 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO
 
 from . import __version__
 from farense_core import protocol as P
 from farense_core.blas import loaded_blas
+from farense_core.rundir import ENGINE_LOG
 
 
 class Context:
@@ -38,6 +40,8 @@ class Context:
         self.job_cancelled = False
         self.signalled = False  # the last stop came from a signal, not a command
         self.hello: Optional[P.Hello] = None
+        self.run_dir: Optional[Path] = None  # the run folder a training job writes now
+        self.detached = False  # the UI left: only the run folder hears the engine
 
     # -- events
     def emit(self, record: P.Record) -> None:
@@ -76,6 +80,29 @@ class Context:
             if self.hello is not None:
                 f.write(self.hello.to_line() + "\n")
                 f.flush()
+
+    def detach(self) -> None:
+        """Go on without the UI (see protocol.Detach): events to the run folder only, stderr (and C
+        output) to its engine.log."""
+        if self.run_dir is None:
+            self.warn("Nothing is training to detach from: the engine is idle or busy with another job.",
+                      code="idle")
+            return
+        log = self.run_dir / ENGINE_LOG
+        self.emit(P.Log(message=f"detached: training goes on in the background (pid {os.getpid()}); the run "
+                                f"folder gets its events, {log} its other output"))
+        sys.stderr.flush()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.dup2(fd, 1)
+        os.close(fd)
+        with self._lock:
+            old, self._out = self._out, open(os.devnull, "w", encoding="utf-8")
+            self.detached = True
+        try:
+            old.close()  # the UI's end of the pipe sees the stream end
+        except OSError:
+            pass
 
     def warn(self, message: str, code: str = "") -> None:
         self.emit(P.Warning(message=message, code=code))
@@ -193,6 +220,9 @@ def _reader(ctx: Context, read: Callable[[int], bytes]) -> None:
                 ctx.emit(P.Error(message=f"Bad command: {type(e).__name__}: {e}. Send one JSON object per line.",
                                  code="protocol"))
                 continue
+            if isinstance(cmd, P.Detach):
+                ctx.detach()
+                continue
             if isinstance(cmd, (P.Stop, P.Shutdown)):
                 ctx.stop_requested.set()
             if isinstance(cmd, P.Shutdown):
@@ -202,6 +232,8 @@ def _reader(ctx: Context, read: Callable[[int], bytes]) -> None:
         pass  # stdin went away: the same as EOF
     finally:
         ctx.stdin_closed.set()
+        if ctx.detached:
+            return  # nobody is left to command it: the job runs to its end, then the engine exits
         ctx.shutdown_requested.set()
         ctx.stop_requested.set()
         ctx.commands.put(P.Shutdown())
@@ -223,6 +255,9 @@ def _install_signals(ctx: Context) -> None:
 
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_terminate)
+    # a reattached UI pauses and continues a detached run with these (protocol.Detach)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: ctx.commands.put(P.Pause()))
+    signal.signal(signal.SIGUSR2, lambda signum, frame: ctx.commands.put(P.Resume()))
 
 
 def take_protocol_stream() -> TextIO:
@@ -267,7 +302,7 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
             ctx.signalled = False
             continue
         ctx.run_job(HANDLERS.get(cmd.type, _unsupported), cmd)
-        if ctx.shutdown_requested.is_set():
+        if ctx.shutdown_requested.is_set() or ctx.detached:
             return 0
         ctx.stop_requested.clear()
         ctx.emit(P.State(state="idle"))

@@ -10,6 +10,8 @@ accumulation 4 train the same updates on the same examples, with a quarter of th
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -82,10 +84,39 @@ def summed_loss(model, inputs, targets, mask):
     return ce.astype(mx.float32).sum(), mask.sum()       # batch x length x vocab costs memory
 
 
+OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor}
+
+
+def optimizer_settings(cfg: dict) -> dict:
+    """The optimizer's extra settings from ``optimizer_config``, checked against what its class takes
+    (names, and the kind of value its default has); InputError names the first wrong one."""
+    name = cfg["optimizer"]
+    extra = dict(cfg.get("optimizer_config", {}).get(name, {}))
+    params = {k: v for k, v in inspect.signature(OPTIMIZERS[name].__init__).parameters.items()
+              if k not in ("self", "learning_rate")}
+    for key, value in extra.items():
+        where = f"optimizer_config.{name}.{key}"
+        if key not in params:
+            raise InputError(f"{where} is not a setting of {name}; it takes: {', '.join(params)}.")
+        default = params[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)) or default is None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif isinstance(default, (list, tuple)):
+            ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+        else:
+            ok = True
+        if not ok:
+            kind = ("true or false" if isinstance(default, bool) else
+                    f"a list of {len(default)} numbers" if isinstance(default, (list, tuple)) else "a number")
+            raise InputError(f"{where} is {value!r}, but it must be {kind} (the default is {default!r}).")
+    return extra
+
+
 def make_optimizer(cfg: dict):
-    classes = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor}
-    extra = dict(cfg.get("optimizer_config", {}).get(cfg["optimizer"], {}))
-    return classes[cfg["optimizer"]](learning_rate=cfg["learning_rate"], **extra)
+    return OPTIMIZERS[cfg["optimizer"]](learning_rate=cfg["learning_rate"], **optimizer_settings(cfg))
 
 
 def compiled_step(model, optimizer, value_and_grad=None):

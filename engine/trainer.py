@@ -33,16 +33,17 @@ from farense_core import protocol as P
 from farense_core.datafiles import TRAIN_FILE, VALID_FILE, DataError, read_examples, sample_format
 from farense_core.health import DivergenceGuard, Progress, Validation
 from farense_core.models import resolve_model
-from farense_core.rundir import (STATE_FILE, RunDir, RunLock, RunLocked, checkpoint_problem, checkpoint_update,
-                                 is_adapter_folder)
+from farense_core.rundir import (STATE_FILE, RunDir, RunFolderError, RunLock, RunLocked, check_run_folder,
+                                 checkpoint_problem, checkpoint_update, is_adapter_folder)
 from farense_core.schedule import learning_rate_at
 
 from . import checkpoints as ckpt
+from .awake import keep_awake, let_sleep
 from . import recall as probes
 from .datatools import length_stats
 from .model import InputError, adapter_config, parameter_counts, prepare, trainable_weights, weights_finite
 from .server import Context, handles
-from .step import compiled_step, make_batch, make_optimizer, pad_multiple, summed_loss, tokenize
+from .step import compiled_step, make_batch, make_optimizer, optimizer_settings, pad_multiple, summed_loss, tokenize
 
 GB = 1024 ** 3
 
@@ -118,6 +119,7 @@ class Run:
     def prepare(self) -> None:
         cfg = self.cfg
         self.metrics = ckpt.Metrics(self.rd)
+        optimizer_settings(cfg)  # wrong settings named before minutes of loading
         self.model_name = resolve_model(cfg["model"])
         data_dir = Path(cfg["data"])
         if not data_dir.is_dir():
@@ -257,6 +259,9 @@ class Run:
             aside = rd.set_aside(path, "abandoned")
             self.ctx.warn(f"Resuming from {chosen.name}, so the later checkpoint {path.name} is set aside as "
                           f"{aside.name} (delete it when you no longer need it).", code="abandoned_checkpoint")
+        if "epoch_updates" in state:  # in micro-batches of this run's split (a resume may split updates finer)
+            pos.batch = batching.micro_batches_before(self.updates, self.cfg["seed"], pos.epoch,
+                                                      int(state["epoch_updates"]))
         self.pos = pos
         if "progress" in state:  # checkpoints of earlier versions hold no judges: they start afresh
             self.progress = Progress(self.best_by, self.cfg["early_stop"], state["progress"])
@@ -270,9 +275,10 @@ class Run:
         if not weights_finite(self.model):  # never leave a broken model as the newest checkpoint
             raise Diverged(f"the weights stopped being finite by update {self.pos.update}",
                            self.guard.first_bad if self.guard.streak else None)
-        state = {**self.pos.state(), "total_updates": self.total_updates, "reason": reason, "seed": self.cfg["seed"],
-                 "saved_at": time.time(), "progress": self.progress.state(), "guard": self.guard.state(),
-                 "config": self.cfg}  # a resume can go on even if config.yaml is gone
+        done_in_epoch = batching.updates_before(self.updates, self.cfg["seed"], self.pos.epoch, self.pos.batch)
+        state = {**self.pos.state(), "epoch_updates": done_in_epoch, "total_updates": self.total_updates,
+                 "reason": reason, "seed": self.cfg["seed"], "saved_at": time.time(),
+                 "progress": self.progress.state(), "guard": self.guard.state(), "config": self.cfg}  # a resume can go on even if config.yaml is gone
         path = ckpt.write_checkpoint(self.rd, self.pos.update, trainable_weights(self.model), self.optimizer.state,
                                      self.adapter_config, state)
         self.metrics.write_json()
@@ -554,23 +560,28 @@ class Run:
 
 
 # settings that decide the data order, the position in it or the trained weights' shapes
-ORDER_KEYS = ("data", "batch_size", "grad_accumulation_steps", "seed", "max_seq_length", "mask_prompt",
-              "model", "fine_tune_type", "num_layers", "lora_parameters")
+ORDER_KEYS = ("data", "seed", "max_seq_length", "mask_prompt", "model", "fine_tune_type", "num_layers",
+              "lora_parameters")
 
 
 def resume_differences(saved: dict, now: dict) -> list[str]:
-    """Warnings for a resume whose config changes what the checkpoint's position means."""
-    return [f"{k} was {saved[k]!r} in this run and is {now[k]!r} now: the resumed run will not match an "
-            f"uninterrupted one; resume with the run's own config.yaml for an exact continuation."
-            for k in ORDER_KEYS if saved.get(k) != now.get(k)]
+    """Warnings for a resume whose config changes what the checkpoint's position means. Splitting the
+    same effective batch differently (half the batch, twice the accumulation: how a resume after an
+    out-of-memory death saves memory) trains the same updates, so it is not one."""
+    changed = [(k, saved.get(k), now.get(k)) for k in ORDER_KEYS if saved.get(k) != now.get(k)]
+    if C.effective_batch_size(saved) != C.effective_batch_size(now):
+        changed += [(k, saved.get(k), now.get(k)) for k in ("batch_size", "grad_accumulation_steps")
+                    if saved.get(k) != now.get(k)]
+    return [f"{k} was {was!r} in this run and is {is_!r} now: the resumed run will not match an uninterrupted one; "
+            f"resume with the run's own config.yaml for an exact continuation." for k, was, is_ in changed]
 
 
 def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False,
           from_checkpoint: Optional[int] = None) -> P.Done:
     """Run (or resume) a training run, writing the run folder. Returns the done event it emitted."""
-    rd = RunDir(run_dir)
-    events_file, lock = None, None
+    events_file, lock, awake = None, None, None
     try:
+        rd = check_run_folder(run_dir, resume)
         if from_checkpoint is not None and not resume:
             raise InputError("from_checkpoint picks the checkpoint a resume starts from; resume the run to use it.")
         if resume:
@@ -594,6 +605,8 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         ckpt.remove_interrupted_writes(rd)
         events_file = open(rd.events, "a", encoding="utf-8")
         ctx.tee(events_file)
+        ctx.run_dir = rd.path  # from here the UI may detach and leave the run to this folder
+        awake = keep_awake()
         for note in notes:
             ctx.warn(note, code="ignored_key")
         C.save_yaml(cfg, rd.config)
@@ -617,7 +630,7 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
     except ckpt.DiskFull as e:
         ctx.emit(P.Error(message=str(e), code="disk_full"))
         done = P.Done(status="disk_full", summary={"error": str(e)})
-    except (InputError, DataError, C.ConfigError, RunLocked) as e:
+    except (InputError, DataError, C.ConfigError, RunLocked, RunFolderError) as e:
         ctx.emit(P.Error(message=str(e), code="input"))
         done = P.Done(status="failed", summary={"error": str(e)})
     except Exception as e:  # noqa: BLE001 - shown whole, never swallowed
@@ -626,6 +639,8 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         ctx.emit(P.Error(message=f"Training failed: {type(e).__name__}: {e}", traceback=traceback.format_exc()))
         done = P.Done(status="failed", summary={"error": f"{type(e).__name__}: {e}"})
     ctx.emit(done)
+    ctx.run_dir = None
+    let_sleep(awake)
     if events_file is not None:
         ctx.tee(None)
         events_file.close()

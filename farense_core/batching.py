@@ -74,3 +74,19 @@ def epoch_micro_batches(updates: list[list[list[int]]], seed: int, epoch: int) -
     for u in epoch_order(len(updates), seed, epoch):
         out += [(mb, i + 1 == len(updates[u])) for i, mb in enumerate(updates[u])]
     return out
+
+
+def updates_before(updates: list[list[list[int]]], seed: int, epoch: int, micro_batch: int) -> int:
+    """How many of the epoch's updates its first ``micro_batch`` micro-batches complete: the position
+    every split of the same effective batch shares (a checkpoint's, at an update's end)."""
+    done, seen = 0, 0
+    order = epoch_order(len(updates), seed, epoch)
+    while seen < micro_batch:
+        seen += len(updates[order[done]])
+        done += 1
+    return done
+
+
+def micro_batches_before(updates: list[list[list[int]]], seed: int, epoch: int, n_updates: int) -> int:
+    """The micro-batch index, in this split, where the epoch's update ``n_updates`` begins."""
+    return sum(len(updates[u]) for u in epoch_order(len(updates), seed, epoch)[:n_updates])

@@ -194,9 +194,16 @@ def _early_stop(key, v):
     }
 
 
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "adafactor")
+
+
 def _optimizer_config(key, v):
     if not isinstance(v, dict) or not all(isinstance(x, dict) for x in v.values()):
         raise ConfigError(f"{key} is {_fmt(v)}, but it must map an optimizer name to its settings.", key)
+    for name in v:
+        if name not in OPTIMIZER_NAMES:
+            raise ConfigError(f"{key}.{name} is not an optimizer; name one of {', '.join(OPTIMIZER_NAMES)}.",
+                              f"{key}.{name}")
     return v
 
 
@@ -223,8 +230,7 @@ SETTINGS: list[Setting] = [
             lambda k, v: None if v is None else _int(1)(k, v)),
     Setting("learning_rate", 1e-4, "training", "Peak learning rate (0 trains nothing: a baseline).",
             _float(0.0, 1.0)),
-    Setting("optimizer", "adam", "training", "adam, adamw, sgd or adafactor.",
-            _choice("adam", "adamw", "sgd", "adafactor")),
+    Setting("optimizer", "adam", "training", "adam, adamw, sgd or adafactor.", _choice(*OPTIMIZER_NAMES)),
     Setting("optimizer_config", {}, "training", "Extra optimizer settings, as in mlx-lm.", _optimizer_config),
     Setting("grad_checkpoint", False, "training", "Recompute activations to save memory.", _bool),
     Setting("seed", 0, "training", "Seed for the data order, LoRA init and dropout.", _int(0, 2**31 - 1)),
@@ -244,6 +250,9 @@ SETTINGS: list[Setting] = [
     Setting("val_batches", 25, "checkpoints", "Validation batches (-1 for the whole set).", _int(1, allow=(-1,))),
     Setting("save_every", 100, "checkpoints", "Updates between checkpoints.", _int(1)),
     Setting("keep_checkpoints", 3, "checkpoints", "Newest periodic checkpoints kept (0 keeps all).", _int(0)),
+    Setting("auto_resume", 0, "checkpoints",
+            "Times a run whose engine dies is resumed from its newest checkpoint on its own (after running out "
+            "of memory: half the batch, twice the accumulation; the same updates).", _int(0, 100)),
     # evaluation: what the model knows, and stopping a run that went wrong
     Setting("eval_samples", 64, "evaluation",
             "Recall probe: this many trained questions, and as many paraphrases from probe_paraphrase.jsonl, "
@@ -342,10 +351,15 @@ def effective_batch_size(cfg: dict) -> int:
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config (ours or mlx_lm.lora's); raises ConfigError for a file that is not one."""
     p = Path(path)
+    if p.is_dir():
+        hint = f" (a run keeps its own in {p / 'config.yaml'})" if (p / "config.yaml").is_file() else ""
+        raise ConfigError(f"{p} is a folder, not a config file; give the YAML file itself{hint}.")
     if not p.is_file():
         raise ConfigError(f"The config file {p} does not exist; check the path.")
     try:
         raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except DuplicateKey as e:
+        raise ConfigError(f"{p} sets {e.key} twice (lines {e.first} and {e.second}); keep one of them.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -401,8 +415,27 @@ def command_line(config_path: str = "config.yaml", run_dir: str = "checkpoints/r
     return f"farense-tui train --config {config_path} --run-dir {run_dir}"
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads 1e-5 as a string; read it as a float, as mlx_lm.lora does."""
+    """YAML 1.1 reads 1e-5 as a string; read it as a float, as mlx_lm.lora does. A key given twice in
+    one mapping is an error (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base loader says what is wrong
+                break
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKey(str(key), first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(

@@ -413,6 +413,15 @@ class Shutdown(Record):
 
 
 @dataclass
+class Detach(Record):
+    """The UI leaves and the run goes on: the engine writes only its run folder from now on
+    (events.jsonl; its stderr to engine.log), ignores the end of its stdin, and exits when the job
+    ends. A run is reattached by reading events.jsonl; pause, continue and stop then reach the
+    engine as SIGUSR1, SIGUSR2 and SIGINT (its pid is in the run's lock)."""
+    type: ClassVar[str] = "detach"
+
+
+@dataclass
 class Preflight(Record):
     type: ClassVar[str] = "preflight"
     config: dict = field(default_factory=dict)
@@ -487,7 +496,7 @@ EVENTS: dict[str, type] = {
 COMMANDS: dict[str, type] = {
     c.type: c
     for c in (
-        Train, Pause, Resume, Stop, Shutdown, Preflight, ChatLoad, ChatAdapter, Chat, Cancel,
+        Train, Pause, Resume, Stop, Shutdown, Detach, Preflight, ChatLoad, ChatAdapter, Chat, Cancel,
         ChatReset, Evaluate,
     )
 }

@@ -31,6 +31,7 @@ ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "state.json"
 LOCK_FILE = "run.lock"
+ENGINE_LOG = "engine.log"  # a detached engine's stderr
 CHECKPOINT_FILES = ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors", STATE_FILE)
 
 
@@ -226,6 +227,41 @@ class RunDir:
         """The run an adapter folder belongs to (the folder itself, or its parent), if any."""
         folder = Path(adapter)
         return next((cls(p) for p in (folder, folder.parent) if cls(p).events.is_file()), None)
+
+
+# ------------------------------------------------------------------ which folder a run may use
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used, as one sentence."""
+
+
+def check_run_folder(run_dir: str | Path, resume: bool = False) -> RunDir:
+    """The run folder a train command names, if it can hold the run: a non-empty path; a folder (or
+    a path where one can be made) that is writable; for a new run, empty or an earlier run's folder,
+    so that no file the user keeps there is overwritten."""
+    if not str(run_dir).strip():
+        raise RunFolderError("The run folder is not set; give a folder for the run's files, e.g. "
+                             f"{RUNS_FOLDER}/run-1.")
+    rd = RunDir(run_dir)
+    path = rd.path
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path} is a file, not a folder; give a folder for the run's files.")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"{path} cannot be made: {existing} is a file, not a folder; choose another place.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{existing} is not writable, so the run cannot write {path}; choose a folder you can "
+                             f"write to.")
+    if not resume and path.is_dir() and not rd.events.is_file():
+        others = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise RunFolderError(f"{path} already holds files that are not a run's ({shown}); give a new or empty "
+                                 f"folder for the run, so nothing there is overwritten.")
+    return rd
 
 
 # ------------------------------------------------------------------ one run per folder

@@ -22,8 +22,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent
 from textual.worker import Worker, WorkerState
 
-from farense_core.rundir import RUNS_FOLDER
+from farense_core import protocol as P
+from farense_core.rundir import RUNS_FOLDER, RunDir
 
+from .attach import live_runs
 from .engine_worker import EngineFactory, EngineLink, start_engine_process
 from .messages import OpenRun, RecommendedConfig, TrainingStarted
 from .session import Session
@@ -33,6 +35,7 @@ from .tabs.monitor import MonitorTab
 from .tabs.preflight import PreflightTab
 from .tabs.train import TrainTab
 from .widgets.help_screen import HelpScreen
+from .widgets.quit_screen import QuitScreen
 
 TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
 
@@ -69,6 +72,7 @@ class FarenseApp(App):
             "preflight": EngineLink(self, "preflight", options.engine_factory, lambda: [self.preflight_tab]),
             "chat": EngineLink(self, "chat", options.engine_factory, lambda: [self.chat_tab], keep_alive=True),
         }
+        self.farewell = ""  # what the app says as it quits
         self.session = Session(self.links, options.checkpoints_dir, options.config_path, options.clock,
                                tab_keys=self.tab_keys())
 
@@ -91,7 +95,12 @@ class FarenseApp(App):
     def on_mount(self) -> None:
         self.session.config = self.config_tab
         self.theme = self.options.theme
-        self.action_show_tab("preflight")  # focus in the first tab, so its keys work from the start
+        live = sorted(live_runs(self.options.checkpoints_dir), key=lambda p: RunDir(p).events.stat().st_mtime)
+        if live and self.train_tab.attach(live[-1]):
+            self.action_show_tab("train")  # a run left training in the background: follow it again
+            self.notify(f"Following {live[-1].name}, which was training in the background.", title="Train")
+        else:
+            self.action_show_tab("preflight")  # focus in the first tab, so its keys work from the start
 
     # -- the tabs
 
@@ -210,8 +219,33 @@ class FarenseApp(App):
         self.monitor_tab.query_one("#run-path").focus()
 
     async def action_quit(self) -> None:
-        if any(link.running for link in self.links.values()):
-            self.notify("Shutting the engine down (a running training saves a checkpoint)…")
+        if self.train_tab.busy and not isinstance(self.screen, QuitScreen):
+            self.push_screen(QuitScreen(self.train_tab.run_dir or "the run"), self._quit_chosen)
+            return
+        await self._quit()
+
+    async def _quit_chosen(self, choice: Optional[str]) -> None:
+        if choice == "background":
+            run_dir = self.train_tab.run_dir
+            if self.train_tab.detach():
+                await self._close_engines()
+                self.farewell = (f"{run_dir} goes on training in the background. Start farense-tui again to follow "
+                                 f"it, or run: farense-tui attach {run_dir}")
+                self.exit(message=self.farewell)
+                return
+            self.notify("The run could not be left in the background (its engine is gone); quitting.",
+                        severity="warning")
+        if choice in ("stop", "background"):
+            await self._quit()
+
+    async def _quit(self) -> None:
+        if self.train_tab.busy:
+            self.train_tab.query_one("#train-state").update("stopping: saving a checkpoint, then quitting…")
+            self.notify("Stopping the run: it saves a checkpoint, then the app quits…", timeout=30)
+            self.session.links["train"].send(P.Stop())
+            await asyncio.sleep(0)  # let the notice show before the wait
+        elif any(link.running for link in self.links.values()):
+            self.notify("Shutting the engine down…")
         await self._close_engines()
         self.exit()
 

@@ -15,7 +15,8 @@ from .engine_client import engine_command, engine_env
 
 # name -> (where it runs, what it does)
 SUBCOMMANDS = {
-    "train": ("farense_tui.commands.train", "train headless: --config FILE --run-dir DIR [--resume]"),
+    "train": ("farense_tui.commands.train", "train headless: --config FILE --run-dir DIR [--resume] [--detach]"),
+    "attach": ("farense_tui.commands.attach", "follow a run training in the background: DIR [--stop]"),
     "preflight": ("farense_tui.commands.preflight", "check this machine, the data and the model; recommend a config"),
     "chat": ("farense_tui.commands.chat", "chat with a model and adapter (one-shot with --prompt)"),
     "data": ("engine.datatools", "build the Farense data set; check, split and measure JSONL files"),

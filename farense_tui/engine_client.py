@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from farense_core import protocol as P
 from farense_core.blas import openblas_path
+from farense_core.crash import crash_report
 
 def engine_env(base: Optional[dict] = None) -> dict:
     env = dict(os.environ if base is None else base)
@@ -49,11 +50,13 @@ class EngineProcess:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self.proc: Optional[subprocess.Popen] = None
         self._send_lock = threading.Lock()
+        self.detached = False
 
     def start(self) -> "EngineProcess":
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            start_new_session=True,  # its own session: a closed terminal's SIGHUP never reaches a run left behind
         )
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
@@ -112,10 +115,27 @@ class EngineProcess:
     def returncode(self) -> Optional[int]:
         return self.proc.poll() if self.proc else None
 
+    def detach(self) -> bool:
+        """Leave the engine training in the background (protocol.Detach): it goes on writing its run
+        folder and exits when the run ends; False when it is gone."""
+        if not self.send(P.Detach()):
+            return False
+        self.detached = True
+        return True
+
     def close(self, timeout: float = 120.0) -> None:
         """Ask the engine to shut down (a training run finishes its update and checkpoints first, which
-        on a large model takes a while); terminate it only if it does not within ``timeout``."""
+        on a large model takes a while); terminate it only if it does not within ``timeout``. A
+        detached engine is only let go."""
         if not self.proc:
+            return
+        if self.detached:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                try:
+                    if pipe:
+                        pipe.close()
+                except OSError:
+                    pass
             return
         if self.proc.poll() is None:
             self.send(P.Shutdown())
@@ -135,13 +155,11 @@ class EngineProcess:
                     self.proc.wait()
 
     def crash_report(self) -> str:
-        """One sentence for an engine that died, with its last stderr lines."""
+        """One sentence for why the engine died (farense_core.crash), with its last stderr lines."""
         if self.proc:
             try:  # let the process finish and its stderr be read to the end
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
             self._stderr_thread.join(2)
-        code = self.returncode
-        tail = "\n".join(self.stderr_tail) or "(no output on stderr)"
-        return f"The engine exited unexpectedly (exit code {code}); its last output:\n{tail}"
+        return crash_report(self.returncode, list(self.stderr_tail))

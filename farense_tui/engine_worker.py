@@ -10,6 +10,7 @@ from textual.app import App
 from textual.message_pump import MessagePump
 
 from farense_core import protocol as P
+from farense_core.crash import explain_exit
 
 from .messages import EngineEvent, EngineExited, ReplyProgress, TrainingProgress
 from .runs import RunHistory
@@ -24,7 +25,12 @@ class Engine(Protocol):
 
     def crash_report(self) -> str: ...
 
+    @property
+    def returncode(self) -> Optional[int]: ...
+
     def close(self, timeout: float = 10.0) -> None: ...
+
+    def detach(self) -> bool: ...
 
 
 EngineFactory = Callable[[str], Engine]
@@ -68,10 +74,11 @@ class EngineLink:
     def running(self) -> bool:
         return self._session is not None
 
-    def start(self, history: Optional[RunHistory] = None) -> None:
-        """Start the engine (raises OSError if it cannot be started) and read it on a thread."""
+    def start(self, history: Optional[RunHistory] = None, engine: Optional[Engine] = None) -> None:
+        """Start the engine (raises OSError if it cannot be started), or follow ``engine`` (a run
+        trained in the background), and read it on a thread."""
         # the targets are looked up here, on the UI thread; the reader only posts to them
-        session = _Session(self.factory(self.role), list(self.targets()), history)
+        session = _Session(engine or self.factory(self.role), list(self.targets()), history)
         self._session = session
         self.app.run_worker(
             lambda: self._read(session), thread=True, group=f"engine-{self.role}",
@@ -88,6 +95,17 @@ class EngineLink:
         """The running engine's last stderr lines (empty for an engine that keeps none)."""
         session = self._session
         return list(getattr(session.engine, "stderr_tail", ())) if session else []
+
+    def detach(self) -> bool:
+        """Leave the engine's run training in the background (protocol.Detach); False when it cannot."""
+        session = self._session
+        if session is None:
+            return False
+        session.closing = True
+        if session.engine.detach():
+            return True
+        session.closing = False
+        return False
 
     def close(self) -> None:
         """Shut the engine down (blocks until it exits: call from a thread)."""
@@ -116,9 +134,12 @@ class EngineLink:
         except Exception as e:  # noqa: BLE001 - a broken pipe must reach the UI, not kill it
             failure = f"Reading the {self.role} engine's output failed ({type(e).__name__}: {e})."
         report = None if session.closing else (failure or engine.crash_report())
+        cause = None
+        if report is not None and failure is None:
+            cause = explain_exit(engine.returncode, list(getattr(engine, "stderr_tail", ())))
         if self._session is session:  # a newer start has its own reader to report on
             self._session = None
-            self._post(session, lambda: EngineExited(self.role, report))
+            self._post(session, lambda: EngineExited(self.role, report, cause))
 
     def _dispatch(self, session: _Session, event: P.Record) -> None:
         role, history = self.role, session.history

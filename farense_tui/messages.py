@@ -9,6 +9,7 @@ from typing import Optional
 from textual.message import Message
 
 from farense_core import protocol as P
+from farense_core.crash import ExitCause
 
 from .runs import RunHistory
 
@@ -56,9 +57,10 @@ class ReplyProgress(EngineMessage, bubble=False):
 class EngineExited(EngineMessage, bubble=False):
     """The engine's event stream ended. ``report`` is set when it died unexpectedly."""
 
-    def __init__(self, role: str, report: Optional[str] = None) -> None:
+    def __init__(self, role: str, report: Optional[str] = None, cause: Optional[ExitCause] = None) -> None:
         super().__init__(role)
         self.report = report
+        self.cause = cause  # why it died, when it did
 
     @property
     def crashed(self) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -54,23 +56,35 @@ class EngineRun:
 
         self.engine = EngineProcess().start()
         self.events: list = []
-        self._it = self.engine.events()
+        self._queue: "queue.Queue" = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for ev in self.engine.events():
+            self._queue.put(ev)
+        self._queue.put(None)  # the engine's stdout closed
 
     def send(self, record) -> None:
         assert self.engine.send(record)
 
     def until(self, predicate, timeout: float = 120.0, on_event=None):
-        """Read events until one satisfies ``predicate``; return it."""
+        """Read events until one satisfies ``predicate``; return it. Fails when ``timeout`` passes
+        or the engine's output ends first, with the last events and stderr lines."""
         deadline = time.monotonic() + timeout
-        for ev in self._it:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ev = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if ev is None:
+                break
             self.events.append(ev)
             if on_event is not None:
                 on_event(ev)
             if predicate(ev):
                 return ev
-            if time.monotonic() > deadline:
-                break
-        raise AssertionError(f"condition not met; last events: {[e.type for e in self.events[-5:]]}; "
+        said = [getattr(e, "message", "") for e in self.events[-5:] if getattr(e, "message", "")]
+        raise AssertionError(f"condition not met; last events: {[e.type for e in self.events[-5:]]} {said}; "
                              f"stderr: {list(self.engine.stderr_tail)[-5:]}")
 
     def request(self, command, timeout: float = 300.0, on_event=None) -> list:

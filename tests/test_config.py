@@ -83,3 +83,23 @@ def test_broken_yaml_is_one_sentence(tmp_path):
 
 def test_effective_batch_size():
     assert C.effective_batch_size(ok(batch_size=3, grad_accumulation_steps=4)) == 12
+
+
+def test_a_key_given_twice_is_named_with_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 2\nlearning_rate: 1e-5\nbatch_size: 4\n")
+    with pytest.raises(C.ConfigError, match=r"c.yaml sets batch_size twice \(lines 1 and 3\); keep one of them."):
+        C.load_yaml(path)
+    path.write_text("lora_parameters:\n  rank: 4\n  rank: 8\n")
+    with pytest.raises(C.ConfigError, match=r"sets rank twice \(lines 2 and 3\)"):
+        C.load_yaml(path)
+    path.write_text("batch_size: 2\nlora_parameters: {rank: 4}\n")  # no duplicates: read as before
+    assert C.load_yaml(path) == {"batch_size": 2, "lora_parameters": {"rank": 4}}
+
+
+def test_a_folder_given_as_the_config_is_named_as_a_folder(tmp_path):
+    with pytest.raises(C.ConfigError, match=r"is a folder, not a config file; give the YAML file itself\.$"):
+        C.load_yaml(tmp_path)
+    (tmp_path / "config.yaml").write_text("batch_size: 2\n")
+    with pytest.raises(C.ConfigError, match=r"give the YAML file itself \(a run keeps its own in .*config.yaml\)"):
+        C.load_yaml(tmp_path)

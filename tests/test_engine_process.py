@@ -117,7 +117,7 @@ def test_every_job_ends_with_one_finished_event(tiny_model, tiny_data, tmp_path)
         errors = [e for e in failed if isinstance(e, P.Error)]
         assert [e.type for e in failed].count("finished") == 1 and failed[-1].command == "chat_reset"
         assert failed[-1].status == "failed" and failed[-1].message == errors[0].message
-        eng.send(P.Train(config=base_config(tiny_model, tiny_data, iters=400, save_every=1000), run_dir=str(tmp_path)))
+        eng.send(P.Train(config=base_config(tiny_model, tiny_data, iters=400, save_every=1000), run_dir=str(tmp_path / "run")))
         eng.until(lambda e: isinstance(e, P.Step))
         busy = eng.request(P.Preflight(config={}))  # refused at once: training runs
         assert busy[-1].status == "busy" and "training" in busy[-1].message

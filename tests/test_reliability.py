@@ -336,3 +336,213 @@ def test_an_events_file_that_cannot_be_written_never_stops_the_run(tiny_model, d
     warning = next(e for e in events if isinstance(e, P.Warning) and e.code == "events_file")
     assert "events.jsonl could not be written ([Errno 28] No space left on device)" in warning.message
     assert of(events, P.Step)[-1].step == 4  # the UI kept hearing the run
+
+
+# ------------------------------------------------------------------ bad input, one sentence each
+
+
+BAD_RUNS = {
+    "empty run folder": ({}, "", "The run folder is not set; give a folder for the run's files"),
+    "a file as run folder": ({}, "notes.txt", "notes.txt is a file, not a folder"),
+    "run folder under a file": ({}, "notes.txt/run", "notes.txt/run cannot be made: "),
+    "a folder of the user's files": ({}, "mine", "mine already holds files that are not a run's (config.yaml)"),
+    "lora key unknown": ({"lora_parameters": {"rank": 4, "scale": 10.0, "keys": ["self_attn.q_proj", "mlp.nope"]}},
+                         "run", "lora_parameters.keys names mlp.nope, which this model's blocks do not have"),
+    "lora key not a linear layer": ({"lora_parameters": {"rank": 4, "scale": 10.0, "keys": ["input_layernorm"]}},
+                                    "run", "lora_parameters.keys names input_layernorm,"),
+    "optimizer setting unknown": ({"optimizer_config": {"adam": {"beta3": 0.5}}}, "run",
+                                  "optimizer_config.adam.beta3 is not a setting of adam; it takes: betas, eps, "
+                                  "bias_correction."),
+    "optimizer setting of the wrong kind": ({"optimizer_config": {"adam": {"betas": "fast"}}}, "run",
+                                            "optimizer_config.adam.betas is 'fast', but it must be a list of 2 "
+                                            "numbers"),
+    "optimizer name unknown": ({"optimizer_config": {"adamm": {"eps": 1e-6}}}, "run",
+                               "optimizer_config.adamm is not an optimizer; name one of adam, adamw, sgd, adafactor."),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_bad_run_input_is_one_sentence_and_touches_nothing(tiny_model, data, tmp_path, monkeypatch, case):
+    change, run_dir, said = BAD_RUNS[case]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text("my: own file\n")
+    (tmp_path / "config.yaml").write_text("the user's config\n")
+    done, events = train_in_process({**base_config(tiny_model, data), **change}, run_dir)
+    assert done.status == "failed"
+    error = of(events, P.Error)[0]
+    assert said in error.message and error.traceback == "" and "\n" not in error.message
+    assert not of(events, P.Step)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "config.yaml").read_text() == "the user's config\n"  # what --run-dir "" once overwrote
+    assert (tmp_path / "mine" / "config.yaml").read_text() == "my: own file\n"
+
+
+def test_an_unwritable_place_for_the_run_is_one_sentence(tiny_model, data, tmp_path, monkeypatch):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == tmp_path else real(path, mode))
+    done, events = train_in_process(base_config(tiny_model, data), tmp_path / "run")
+    assert of(events, P.Error)[0].message == (f"{tmp_path} is not writable, so the run cannot write {tmp_path / 'run'}; "
+                                              f"choose a folder you can write to.")
+
+
+BAD_DATA = {
+    "a bot role": ({"messages": [{"role": "user", "content": "Olá"}, {"role": "bot", "content": "Olá!"}]},
+                   "message 2 has role 'bot'"),
+    "ends with the user": ({"messages": [{"role": "user", "content": "Olá"}]}, "the last message is from 'user'"),
+    "only a system message": ({"messages": [{"role": "system", "content": "Sê breve."}]},
+                              "the last message is from 'system'"),
+    "an empty completion": ({"prompt": "Olá", "completion": " "}, "'completion' is empty"),
+    "content that is a number": ({"messages": [{"role": "user", "content": 7}, {"role": "assistant",
+                                                                                 "content": "Sete."}]},
+                                 "message 1 (user) has content that is a number"),
+    "no messages": ({"messages": []}, "'messages' is empty"),
+    "empty text": ({"text": ""}, "'text' is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_train_rejects_what_data_check_rejects_with_file_and_line(tiny_model, data, tmp_path, case):
+    import shutil
+
+    from farense_core.datafiles import check_file
+
+    row, said = BAD_DATA[case]
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    lines.insert(2, json.dumps(row))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    assert check_file(folder / "train.jsonl").problem_lines()[0].startswith(f"{folder / 'train.jsonl'}:3: {said}")
+    done, events = train_in_process(base_config(tiny_model, folder), tmp_path / "run")
+    assert done.status == "failed" and not of(events, P.Model)  # refused before the model was loaded
+    error = of(events, P.Error)[0]
+    assert error.message.startswith(f"{folder / 'train.jsonl'}:3: {said}") and error.traceback == ""
+
+
+# ------------------------------------------------------------------ an engine that dies
+
+
+def dying_engine(monkeypatch, tmp_path, at: int, says: str = "", signal_name: str = ""):
+    """An engine factory for headless train: the real engine, dying once at update ``at``."""
+    import sys
+
+    from farense_tui.engine_client import EngineProcess
+
+    monkeypatch.setenv("DIE_AT", str(at))
+    monkeypatch.setenv("DIE_MARKER", str(tmp_path / "died"))
+    monkeypatch.setenv("DIE_SAYS", says)
+    monkeypatch.setenv("DIE_SIGNAL", signal_name)
+    script = Path(__file__).resolve().parent / "dying_engine.py"
+    return lambda: EngineProcess(argv=[sys.executable, str(script)])
+
+
+def headless_train(cfg: dict, tmp_path: Path, make_engine) -> int:
+    from farense_core import config as C
+    from farense_tui.commands import train as cli
+
+    C.save_yaml(cfg, tmp_path / "c.yaml")
+    args = cli.build_parser().parse_args(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run")])
+    return cli.run(args, make_engine=make_engine, tty=False)
+
+
+def test_headless_train_resumes_on_its_own_after_running_out_of_memory(tiny_model, data, uninterrupted, tmp_path,
+                                                                       monkeypatch, capsys):
+    import numpy as np
+
+    make = dying_engine(monkeypatch, tmp_path, 5, "RuntimeError: [metal::malloc] Resource limit exceeded")
+    code = headless_train(base_config(tiny_model, data, auto_resume=1), tmp_path, make)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "The engine ran out of memory: the batch did not fit. Its last output:" in err
+    assert ("auto_resume (1 of 1): resuming with batch_size 1 x grad_accumulation_steps 2 (the same updates in less "
+            "memory)") in err
+    rd = RunDir(tmp_path / "run")
+    assert (rd.settings()["batch_size"], rd.settings()["grad_accumulation_steps"]) == (1, 2)
+    assert "ignored_key" not in rd.events.read_text()  # the same effective batch: no warning that the run differs
+    final = adapter_arrays(rd.path / "final" / "adapters.safetensors")
+    for name in uninterrupted:  # the same updates, summed in another order
+        assert np.allclose(np.array(final[name]), np.array(uninterrupted[name]), atol=1e-5), name
+
+
+def test_headless_train_without_auto_resume_names_the_death_and_the_way_on(tiny_model, data, tmp_path, monkeypatch,
+                                                                         capsys):
+    make = dying_engine(monkeypatch, tmp_path, 5, signal_name="SIGKILL")
+    code = headless_train(base_config(tiny_model, data), tmp_path, make)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "The engine was killed (SIGKILL), most often by the system when memory runs out" in err
+    assert f"continue from the newest checkpoint with 'farense-tui train --run-dir {tmp_path / 'run'} --resume'" in err
+    assert "auto_resume" not in err
+    assert [p.name for p in RunDir(tmp_path / "run").list_checkpoints()] == ["step_000003"]
+
+
+# ------------------------------------------------------------------ leave and come back
+
+
+def test_train_detach_then_attach_follows_and_stops_the_run(tiny_model, data, tmp_path, capsys):
+    from farense_core import config as C
+    from farense_core.rundir import lock_holder
+    from farense_tui.commands import attach, train as cli
+
+    cfg = base_config(tiny_model, data, iters=100000, save_every=50, steps_per_eval=100000, keep_checkpoints=2)
+    C.save_yaml(cfg, tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    args = cli.build_parser().parse_args(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--detach"])
+    assert cli.run(args, tty=False) == 0
+    said = capsys.readouterr().out
+    holder = lock_holder(RunDir(run))
+    assert f"training in the background (pid {holder['pid']}); follow it with 'farense-tui attach {run}'" in said
+
+    code = attach.run(attach.build_parser().parse_args([str(run), "--stop"]), tty=False)
+    out = capsys.readouterr().out
+    assert code == 130  # stopped, as train says it
+    assert f"stopping: the run (pid {holder['pid']}) saves a checkpoint, then ends..." in out
+    assert f"continue with 'farense-tui train --run-dir {run} --resume'" in out
+    assert lock_holder(RunDir(run)) is None
+    log = (run / "engine.log").read_text()  # the detached engine's stderr went to its run folder
+    assert isinstance(log, str)
+    assert attach.run(attach.build_parser().parse_args([str(run)]), tty=False) == 2
+    assert capsys.readouterr().err == (f"farense-tui: Nothing trains {run} now; open it in the Monitor or resume it "
+                                       f"instead.\n")
+
+
+def test_detach_while_idle_is_a_warning_and_the_engine_stays():
+    from enginetools import EngineRun
+
+    eng = EngineRun()
+    try:
+        eng.send(P.Detach())
+        warning = eng.until(lambda e: isinstance(e, P.Warning))
+        assert (warning.code, warning.message) == ("idle", "Nothing is training to detach from: the engine is idle "
+                                                           "or busy with another job.")
+        assert eng.engine.returncode is None
+    finally:
+        eng.close()
+
+
+def test_the_engine_keeps_a_mac_awake_while_it_trains(tiny_model, data, tmp_path, monkeypatch):
+    import os
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "caffeinate"  # records its arguments, then holds on as the real one would
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'caffeinate.args'}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    started = []
+    import engine.awake as awake
+
+    real = awake.subprocess.Popen
+    monkeypatch.setattr(awake.subprocess, "Popen", lambda *a, **k: started.append(real(*a, **k)) or started[-1])
+    done, _ = train_in_process(base_config(tiny_model, data, iters=2), tmp_path / "run")
+    assert done.status == "completed"
+    assert (tmp_path / "caffeinate.args").read_text().split() == ["-i", "-w", str(os.getpid())]
+    assert len(started) == 1 and started[0].poll() is not None  # let go when the run ended
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert awake.keep_awake() is None

@@ -97,3 +97,21 @@ def test_updates_planned_counts_buckets_of_the_effective_batch():
     assert batching.updates_planned(cfg(batch_size=8, grad_accumulation_steps=4, epochs=12), 11802) == (369, 4428)
     assert batching.updates_planned(cfg(batch_size=2, grad_accumulation_steps=2, epochs=1), 10) == (3, 3)
     assert batching.updates_planned(cfg(batch_size=2, grad_accumulation_steps=2, iters=7), 10) == (3, 7)
+
+
+def test_a_position_in_updates_is_the_same_for_any_split_of_the_batch():
+    from farense_core.batching import bucket_updates, epoch_micro_batches, micro_batches_before, updates_before
+
+    lengths = [5, 9, 3, 7, 7, 2, 11, 4, 6, 8, 1]
+    coarse, fine = bucket_updates(lengths, 4, 1), bucket_updates(lengths, 2, 2)
+    assert [sum(u, []) for u in coarse] == [sum(u, []) for u in fine]  # the same updates, split finer
+    for epoch in (0, 3):
+        for n in range(len(coarse) + 1):
+            at_coarse = micro_batches_before(coarse, 7, epoch, n)
+            at_fine = micro_batches_before(fine, 7, epoch, n)
+            assert updates_before(coarse, 7, epoch, at_coarse) == n == updates_before(fine, 7, epoch, at_fine)
+            # resuming at the fine position trains what the coarse run trains next
+            rest_coarse = sum((mb for mb, _ in epoch_micro_batches(coarse, 7, epoch)[at_coarse:]), [])
+            rest_fine = sum((mb for mb, _ in epoch_micro_batches(fine, 7, epoch)[at_fine:]), [])
+            assert rest_coarse == rest_fine
+    assert micro_batches_before(fine, 7, 0, len(fine)) == sum(len(u) for u in fine)

@@ -1,4 +1,5 @@
-"""``farense-tui train --config FILE --run-dir DIR [--resume [--from-checkpoint STEP]]``: headless training.
+"""``farense-tui train --config FILE --run-dir DIR [--resume [--from-checkpoint STEP]] [--detach]``: headless
+training.
 
 Shows a progress bar with ETA on a terminal, plain lines otherwise; exits 0 when the run
 completes. The engine writes the run folder itself, so this is only a view of its stream.
@@ -9,17 +10,19 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 from farense_core import config as C
 from farense_core import protocol as P
-from farense_core.rundir import RunDir
+from farense_core.crash import crash_report, explain_exit, retry_config
+from farense_core.rundir import RunDir, RunFolderError, check_run_folder
 
 from ..describe import describe
 from ..engine_client import EngineGone, EngineProcess
 from farense_core.format import duration, size
 
-EXIT = {"completed": 0, "early_stopped": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "disk_full": 5,
+EXIT = {"completed": 0, "early_stopped": 0, "detached": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "disk_full": 5,
         "stopped": 130}
 
 
@@ -32,15 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-checkpoint", type=int, metavar="STEP",
                    help="resume from the checkpoint of update STEP instead of the newest (implies --resume; "
                         "later checkpoints are set aside, not deleted)")
+    p.add_argument("--detach", action="store_true",
+                   help="once the run has started, leave it training in the background and return; follow it "
+                        "with 'farense-tui attach DIR'")
     return p
 
 
 class Progress:
     """A rich progress bar on a terminal, a line per report otherwise."""
 
-    def __init__(self, tty: bool, out=sys.stdout):
+    def __init__(self, tty: bool, out=None):
         self.tty = tty
-        self.out = out
+        self.out = out  # None: sys.stdout as it is when a line is written
         self.bar = None
         self.task = None
         self.report_every = 10
@@ -60,7 +66,7 @@ class Progress:
         if self.bar is not None:
             self.bar.console.print(text, markup=False, highlight=False)
         else:
-            print(text, file=self.out, flush=True)
+            print(text, file=self.out or sys.stdout, flush=True)
 
     def step(self, ev: P.Step) -> None:
         info = (f"epoch {ev.epoch} loss {ev.loss:.3f} lr {ev.learning_rate:.2e} "
@@ -76,7 +82,8 @@ class Progress:
             self.bar = None
 
 
-def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: Optional[bool] = None) -> int:
+def run(args: argparse.Namespace, make_engine: Callable[[], EngineProcess] = EngineProcess,
+        tty: Optional[bool] = None) -> int:
     raw: dict = {}
     if args.from_checkpoint is not None:
         args.resume = True
@@ -95,26 +102,61 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
               f"to start one.", file=sys.stderr)
         return 2
 
-    engine = engine or EngineProcess()
-    engine.start()
-    progress = Progress(sys.stdout.isatty() if tty is None else tty)
-    status = None
-    stopping = False
+    try:
+        check_run_folder(args.run_dir, args.resume)
+    except RunFolderError as e:
+        print(f"farense-tui: {e}", file=sys.stderr)
+        return 2
 
-    def on_signal(signum, frame):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            progress.line("stopping: saving a checkpoint (press ctrl+c again to abandon)...")
-            engine.send(P.Stop())
-        else:
-            engine.proc.kill()
+    retries = auto_resume(raw, args.run_dir)
+    attempt = 0
+    while True:
+        status, gone = _train_once(args, raw, make_engine, tty)
+        if gone is None:
+            return EXIT.get(status, 1)
+        cause = explain_exit(gone.returncode, gone.stderr)
+        print(f"farense-tui: {crash_report(gone.returncode, gone.stderr)}", file=sys.stderr)
+        rd = RunDir(args.run_dir)
+        if attempt >= retries or not rd.list_checkpoints() or gone.stopping:
+            if rd.list_checkpoints():
+                print(f"farense-tui: continue from the newest checkpoint with 'farense-tui train --run-dir "
+                      f"{args.run_dir} --resume'", file=sys.stderr)
+            return 1
+        attempt += 1
+        raw, note = retry_config(rd.settings(), cause)
+        args.resume, args.from_checkpoint = True, None
+        print(f"auto_resume ({attempt} of {retries}): {note}", file=sys.stderr)
 
-    old = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
 
-    def show(ev: P.Record) -> None:
-        nonlocal status
+def auto_resume(raw: dict, run_dir: str) -> int:
+    """How many times this run may be resumed on its own (the config's auto_resume)."""
+    rd = RunDir(run_dir)
+    try:
+        return C.validate(raw or (rd.settings() if rd.config.is_file() else {}))[0]["auto_resume"]
+    except (C.ConfigError, OSError, ValueError):
+        return 0
+
+
+@dataclass
+class Gone:
+    """How an engine that died ended: its exit code, last stderr lines, and whether the user was
+    stopping it (then it is not resumed on its own)."""
+    returncode: Optional[int]
+    stderr: list[str]
+    stopping: bool
+
+
+class View:
+    """What a headless command shows of a run's events: progress, one line per notable event, the
+    outcome. ``status`` is the run's done status once it came."""
+
+    def __init__(self, run_dir: str, tty: Optional[bool]):
+        self.run_dir = run_dir
+        self.progress = Progress(sys.stdout.isatty() if tty is None else tty)
+        self.status: Optional[str] = None
+
+    def show(self, ev: P.Record) -> None:
+        progress = self.progress
         if isinstance(ev, P.Config):
             progress.report_every = int(ev.config.get("steps_per_report", 10))
         if isinstance(ev, P.Data):
@@ -123,25 +165,62 @@ def run(args: argparse.Namespace, engine: Optional[EngineProcess] = None, tty: O
             progress.start(ev.total_steps)
             progress.step(ev)
         elif isinstance(ev, P.Done):
-            status = ev.status
+            self.status = ev.status
             progress.stop()
             print(describe(ev).text)
-            print(outcome(ev, args.run_dir))
+            print(outcome(ev, self.run_dir))
         elif (line := describe(ev)) is not None:
             progress.line(line.text)
+
+
+class _Detached(Exception):
+    pass
+
+
+def _train_once(args: argparse.Namespace, raw: dict, make_engine: Callable[[], EngineProcess],
+                tty: Optional[bool]) -> tuple[Optional[str], Optional[Gone]]:
+    """One engine, one train job: (the done status, None), or (None, how the engine died); with
+    --detach, ("detached", None) once the run has started."""
+    engine = make_engine()
+    engine.start()
+    view = View(args.run_dir, tty)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            view.progress.line("stopping: saving a checkpoint (press ctrl+c again to abandon)...")
+            engine.send(P.Stop())
+        else:
+            engine.proc.kill()
+
+    old = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+
+    def show(ev: P.Record) -> None:
+        view.show(ev)
+        if args.detach and isinstance(ev, P.Config) and engine.detach():  # the run holds its folder now
+            raise _Detached()
 
     try:
         engine.request(P.Train(config=raw, run_dir=str(args.run_dir), resume=bool(args.resume),
                                from_checkpoint=args.from_checkpoint), show)
-    except EngineGone as e:
-        print(f"farense-tui: {e}", file=sys.stderr)
-        return 1
+    except _Detached:
+        view.progress.stop()
+        print(f"training in the background (pid {engine.proc.pid}); follow it with 'farense-tui attach "
+              f"{args.run_dir}', stop it with 'farense-tui attach {args.run_dir} --stop'")
+        return "detached", None
+    except EngineGone:
+        view.progress.stop()
+        engine.crash_report()  # waits for the process and its stderr
+        return None, Gone(engine.returncode, list(engine.stderr_tail), stopping)
     finally:
-        progress.stop()
+        view.progress.stop()
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
         engine.close()
-    return EXIT.get(status, 1)
+    return view.status, None
 
 
 def outcome(done: P.Done, run_dir: str) -> str:

@@ -14,7 +14,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Label, ProgressBar, Static, TabPane
 
 from farense_core import protocol as P
+from farense_core.crash import retry_config
+from farense_core.rundir import checkpoint_update
 
+from ..attach import AttachedEngine, NotAttachable
 from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
 from farense_core.format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
@@ -58,6 +61,8 @@ class TrainTab(TabPane):
         self.state = "idle"
         self.run_dir: Optional[str] = None
         self.runs: list[RunInfo] = []
+        self.history: Optional[RunHistory] = None
+        self.auto_resumes: dict[str, int] = {}  # run folder -> automatic resumes so far this session
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-bar"):
@@ -103,7 +108,7 @@ class TrainTab(TabPane):
 
     def _begin(self, config: dict, run_dir: Path, resume: bool) -> None:
         link = self.session.links["train"]
-        history = RunHistory()
+        history = self.history = RunHistory()
         self.show_error(None)
         try:
             link.start(history)
@@ -121,6 +126,27 @@ class TrainTab(TabPane):
         self._set_state("loading")
         log.focus()  # Start is now disabled; the tab's keys must keep working
         self.post_message(TrainingStarted(history))
+
+    def attach(self, run_dir: Path) -> bool:
+        """Follow a run another process trains (left in the background, or headless): its progress,
+        plots, pause and stop work as for a run started here. False when nothing trains it."""
+        try:
+            engine = AttachedEngine(run_dir)
+        except NotAttachable as e:
+            self.show_error(str(e))
+            return False
+        history = self.history = RunHistory()
+        self.show_error(None)
+        self.session.links["train"].start(history, engine=engine)
+        self.busy, self.run_dir = True, str(run_dir)
+        self.query_one(EventLog).write(f"── following {run_dir}, training in the background (pid {engine.pid}) ──")
+        self._set_state("training")
+        self.post_message(TrainingStarted(history))
+        return True
+
+    def detach(self) -> bool:
+        """Leave the run training in the background (the app is quitting)."""
+        return self.busy and self.session.links["train"].detach()
 
     def action_start(self) -> None:
         if self.busy:
@@ -233,10 +259,44 @@ class TrainTab(TabPane):
 
     def on_engine_exited(self, message: EngineExited) -> None:
         was_busy, self.busy = self.busy, False
-        if message.crashed:
-            self.show_error(message.report)
-            self.query_one(EventLog).add_error(message.report.splitlines()[0])
-            self._set_state("exited")
-        elif was_busy:
-            self._set_state("idle")
         self.refresh_runs()
+        if not message.crashed:
+            if was_busy:
+                self._set_state("idle")
+            return
+        self._set_state("exited")
+        self.query_one(EventLog).add_error(message.report.splitlines()[0])
+        run = self._select_run(self.run_dir)
+        if run is None or not run.resumable or not was_busy:
+            self.show_error(message.report)
+            return
+        retries = int(self.history_config().get("auto_resume") or 0)
+        tries = self.auto_resumes.get(str(run.path), 0)
+        if tries < retries and message.cause is not None:
+            self.auto_resumes[str(run.path)] = tries + 1
+            try:
+                config, note = retry_config(run_config(run.path), message.cause)
+            except RunError as e:
+                self.show_error(f"{message.report}\n{e}")
+                return
+            self.query_one(EventLog).write(f"auto_resume ({tries + 1} of {retries}): {note}")
+            self._begin(config, run.path, resume=True)
+            self.show_error(f"{message.report}\nResumed on its own ({tries + 1} of {retries}, auto_resume): {note}.")
+            return
+        left = " (auto_resume has used its retries)" if retries else ""
+        self.show_error(f"{message.report}\nPress r to resume {run.name} from its newest checkpoint (update "
+                        f"{checkpoint_update(run.last_checkpoint)}){left}.")
+
+    def history_config(self) -> dict:
+        """The config of the run this tab follows (what its engine said it runs with)."""
+        return self.history.config if self.history is not None else {}
+
+    def _select_run(self, run_dir: Optional[str]) -> Optional[RunInfo]:
+        """Move the runs list's cursor to ``run_dir``'s row; that run, or None if it is not listed."""
+        if not run_dir:
+            return None
+        for row, run in enumerate(self.runs):
+            if Path(run.path).resolve() == Path(run_dir).resolve():
+                self.query_one("#runs", DataTable).move_cursor(row=row)
+                return run
+        return None

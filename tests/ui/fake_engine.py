@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from farense_core import protocol as P
+from farense_core.crash import crash_report
 from farense_tui.runs import read_events
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -90,8 +91,7 @@ class FakeEngine:
             yield item
 
     def crash_report(self) -> str:
-        tail = "\n".join(self.stderr_tail) or "(no output on stderr)"
-        return f"The engine exited unexpectedly (exit code {self.returncode}); its last output:\n{tail}"
+        return crash_report(self.returncode, list(self.stderr_tail))
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()

@@ -57,6 +57,13 @@ class Tmux:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}; the screen:\n{text}")
             time.sleep(0.2)  # polling a real terminal: there is no event to wait on
 
+    def gone(self, timeout: float) -> bool:
+        """Whether the session ends within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling a real terminal: there is no event to wait on
+        return not self.alive()
+
     def kill(self) -> None:
         self.run("kill-session", "-t", self.name)
 
@@ -102,10 +109,57 @@ def test_tabs_training_and_quit_in_tmux(tmp_path, tiny_model):
         assert "update 30/30" in last and "ETA 00:00" in last
 
         tmux.keys("C-q")
-        deadline = time.monotonic() + 60
-        while tmux.alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not tmux.alive(), "ctrl+q did not quit the app"
+        assert tmux.gone(60), "ctrl+q did not quit the app"
     finally:
         tmux.kill()
     assert list((tmp_path / "checkpoints").glob("run-*/events.jsonl")), "the run folder has no events.jsonl"
+
+
+def test_quit_to_the_background_and_come_back_in_tmux(tmp_path, tiny_model):
+    """ctrl+q while training, "b": the app exits, the run goes on; the next farense-tui finds it,
+    shows its progress moving, and x stops it."""
+    from tiny_model import write_chat_data
+
+    data = write_chat_data(tmp_path / "data")
+    cfg, _ = C.validate({
+        "model": str(tiny_model), "data": str(data), "iters": 100000, "batch_size": 2, "steps_per_eval": 100000,
+        "steps_per_report": 5, "save_every": 50, "keep_checkpoints": 2, "num_layers": 2,
+        "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
+    })
+    config = tmp_path / "config.yaml"
+    C.save_yaml(cfg, config)
+    env = {"FARENSE_TUI_CONFIG": str(config), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
+           "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+
+    def moving(s: str) -> int:
+        found = re.findall(r"update (\d+)/100000", s)
+        return max(map(int, found)) if found else 0
+
+    first = Tmux(f"farense-leave-{os.getpid()}")
+    first.start(["sh", "-c", f"{APP}; echo APP-EXITED; sleep 120"], tmp_path, env)
+    second = Tmux(f"farense-back-{os.getpid()}")
+    try:
+        first.wait(lambda s: "Run preflight" in s, "the first frame")
+        first.keys("F3")
+        first.wait(lambda s: "Start (s)" in s, "the Train tab")
+        first.keys("s")
+        first.wait(lambda s: moving(s) > 0, "training", timeout=240)
+        first.keys("C-q")
+        first.wait(lambda s: "A run is training." in s and "Background (b)" in s, "the quit question")
+        first.keys("b")
+        gone = first.wait(lambda s: "APP-EXITED" in s, "the app to quit", timeout=60)
+        assert "goes on training in the background" in gone and "farense-tui attach" in gone
+
+        second.start([str(APP)], tmp_path, env)
+        seen = second.wait(lambda s: "training in the background (pid" in s and moving(s) > 0,
+                           "the next app to follow the run", timeout=60)
+        second.wait(lambda s: moving(s) > moving(seen), "its progress to move", timeout=60)
+        second.keys("x")
+        second.wait(lambda s: "engine: stopped" in s, "the stop to reach the run", timeout=60)
+        second.keys("C-q")
+        assert second.gone(30), "ctrl+q did not quit the app once the run had stopped"
+    finally:
+        first.kill()
+        second.kill()
+    events = next((tmp_path / "checkpoints").glob("run-*/events.jsonl")).read_text()
+    assert events.count('"type":"done"') == 1 and '"status":"stopped"' in events
