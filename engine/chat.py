@@ -103,7 +103,7 @@ def adapter_folder(path: str) -> Path:
     if found is not None:
         return found.resolve()
     raise ChatError(f"No adapter found in {path} (looked for adapters.safetensors and "
-                    "adapter_config.json there and in its adapters/ and final/ folders); "
+                    "adapter_config.json there, in its adapters/ and final/ folders and its checkpoints); "
                     "train a run first or point at its adapter folder.")
 
 

@@ -25,7 +25,7 @@ from typing import Iterable, Optional, Sequence
 
 from farense_core.config import BY_KEY, atomic_write_text
 from farense_core.datafiles import PARAPHRASE_FILE, CheckResult, check_file
-from farense_core.models import is_hub_id
+from farense_core.models import DEFAULT_NAMES, ModelNotFoundError, is_hub_id, locate_model
 
 MAX_PRINTED_PROBLEMS = 50  # per file; the CheckResult keeps them all
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,18 @@ class DataToolError(Exception):
 # check
 
 
+def expand_files(names: Sequence[str]) -> list[str]:
+    """The files named, a folder standing for the .jsonl files in it (a config's data folder)."""
+    files = []
+    for name in names:
+        path = Path(name)
+        found = sorted(str(p) for p in path.glob("*.jsonl")) if path.is_dir() else []
+        files += found or [name]  # a folder without any is reported as a problem of its own
+    return files
+
+
 def _cmd_check(args) -> int:
-    results = [check_file(f) for f in args.files]
+    results = [check_file(f) for f in expand_files(args.files)]
     for r in results:
         lines = r.problem_lines()
         for line in lines[:MAX_PRINTED_PROBLEMS]:
@@ -198,9 +208,13 @@ def load_tokenizer(model: str):
 def _cmd_stats(args) -> int:
     if args.max_seq_length < 1:
         raise DataToolError(f"--max-seq-length is {args.max_seq_length}; use a positive number of tokens.")
-    checked = [_checked(f) for f in args.files]
+    checked = [_checked(f) for f in expand_files(args.files)]
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" on stderr
-    tokenizer = load_tokenizer(args.model)
+    try:
+        model = locate_model(args.model) if args.model.strip() in DEFAULT_NAMES else args.model
+    except ModelNotFoundError as e:
+        raise DataToolError(str(e)) from None
+    tokenizer = load_tokenizer(model)
     for r in checked:
         try:
             lengths = token_lengths(r.samples, tokenizer)
@@ -277,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(run=_cmd_build)
 
     c = sub.add_parser("check", help="validate JSONL files for training; exit 1 on any problem")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("files", nargs="+", metavar="FILE", help="JSONL files, or folders of them (a config's data)")
     c.set_defaults(run=_cmd_check)
 
     s = sub.add_parser("split", help="split one JSONL file into train.jsonl and valid.jsonl")
@@ -289,8 +303,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=_cmd_split)
 
     t = sub.add_parser("stats", help="token lengths per example and truncation at --max-seq-length")
-    t.add_argument("files", nargs="+", metavar="FILE")
-    t.add_argument("--model", required=True, help="model folder (or cached Hugging Face id) whose tokenizer to use")
+    t.add_argument("files", nargs="+", metavar="FILE", help="JSONL files, or folders of them")
+    t.add_argument("--model", required=True,
+                   help="model folder, cached Hugging Face id, or default, whose tokenizer to use")
     t.add_argument("--max-seq-length", type=int, default=BY_KEY["max_seq_length"].default,
                    help="training's max_seq_length (default: %(default)s)")
     t.set_defaults(run=_cmd_stats)

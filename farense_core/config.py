@@ -344,6 +344,22 @@ def resolve_base_dtype(choice: str, quantized_bits: Optional[int], float_dtype: 
     return choice
 
 
+def flag(key: str) -> str:
+    """The command-line flag of a setting, as mlx_lm.lora spells it: batch_size -> --batch-size."""
+    return "--" + key.replace("_", "-")
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A setting's value as typed on a command line, read as YAML (2e-4, true, {rank: 16}) like the
+    config file; ConfigError when it is not YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        raise ConfigError(f"{flag(key)} {text} cannot be read; give a value as the config file would, e.g. "
+                          f"{flag(key)} {_fmt(BY_KEY[key].default) if BY_KEY[key].default is not None else 1}.",
+                          key) from None
+
+
 def effective_batch_size(cfg: dict) -> int:
     return int(cfg["batch_size"]) * int(cfg["grad_accumulation_steps"])
 

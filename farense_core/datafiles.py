@@ -189,8 +189,8 @@ def check_file(path: str | Path) -> CheckResult:
     except FileNotFoundError:
         return CheckResult(str(path), problems=[(0, "no such file; check the path")])
     except IsADirectoryError:
-        return CheckResult(str(path), problems=[(0, "is a folder; name the .jsonl files in it, e.g. "
-                                                    f"{p / 'train.jsonl'}")])
+        return CheckResult(str(path), problems=[(0, "is a folder with no .jsonl files in it; name the data files, "
+                                                    f"e.g. {p / 'train.jsonl'}")])
     except OSError as e:
         return CheckResult(str(path), problems=[(0, f"cannot be read ({e.strerror or e}); check its permissions")])
     return check_bytes(data, str(path))

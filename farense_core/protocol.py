@@ -312,6 +312,8 @@ class ProbeResult(Record):
     tokens_per_second: float
     ok: bool
     note: str = ""
+    measured: bool = True  # False: skipped (see note); ok is then False without meaning "does not fit"
+    over_memory: bool = False  # measured or predicted over the memory limit
 
 
 @dataclass

@@ -206,8 +206,12 @@ class RunDir:
 
     # -- what the run offers
     def adapter(self) -> Optional[Path]:
-        """The adapter a run offers: the best (``adapters/``), else the final one."""
-        return next((p for p in (self.best, self.final) if is_adapter_folder(p)), None)
+        """The adapter a run offers: the best (``adapters/``), else the final one, else (a run stopped
+        before its first validation) its newest complete checkpoint, which holds an adapter too."""
+        found = next((p for p in (self.best, self.final) if is_adapter_folder(p)), None)
+        if found is None and (newest := self.newest_checkpoint()) is not None and is_adapter_folder(newest[0]):
+            found = newest[0]
+        return found
 
     def settings(self) -> dict:
         """The settings its config.yaml holds ({} when it has none); ConfigError when unreadable."""

@@ -83,7 +83,7 @@ def test_check_file_problems(tmp_path, capsys):
     code, out = run_check(capsys, missing, folder, garbage, latin, empty)
     assert code == 1
     assert f"{missing}: no such file; check the path\n" in out
-    assert f"{folder}: is a folder; name the .jsonl files in it, e.g. {folder / 'train.jsonl'}\n" in out
+    assert f"{folder}: is a folder with no .jsonl files in it; name the data files, e.g. {folder / 'train.jsonl'}\n" in out
     assert f"{garbage}: is a binary file, not JSON lines text\n" in out
     assert f"{latin}:1: is not valid UTF-8 (byte 0xe3 at column 12)\n" in out
     assert f"{empty}: is empty: there are no examples in it\n" in out
@@ -216,3 +216,14 @@ def test_stats_missing_model_is_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"farense-tui data stats: The model folder {tmp_path / 'no-model'} does not exist; pass a model "
                    "folder or a Hugging Face id (or run 'farense-tui model default' to install the default model).\n")
+
+
+def test_check_takes_a_folder_as_its_jsonl_files(tmp_path, capsys):
+    (tmp_path / "train.jsonl").write_text(jl(CHAT, CHAT))
+    (tmp_path / "valid.jsonl").write_text(jl({"messages": []}))
+    (tmp_path / "notes.txt").write_text("not data")
+    code, out = run_check(capsys, tmp_path)
+    assert code == 1
+    assert f"{tmp_path / 'valid.jsonl'}:1: 'messages' is empty" in out
+    assert f"{tmp_path / 'train.jsonl'}: 2 examples (chat 2), no problems" in out
+    assert "notes.txt" not in out and "2 files: " in out

@@ -6,6 +6,7 @@ it) and the download and the import happen once; without it they happen in a tem
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,19 @@ def test_resolve_model_passes_folders_and_ids(tmp_path):
     assert names.resolve_model(str(tmp_path)) == str(tmp_path)
     assert names.resolve_model("mlx-community/Qwen2.5-3B-Instruct-4bit") == "mlx-community/Qwen2.5-3B-Instruct-4bit"
     assert names.resolve_model("") == str(names.default_model_path())
+
+
+def test_data_stats_takes_the_default_model_by_name(installed, home, tmp_path):
+    """'--model default' means the embedded model, as in a config; a folder stands for its .jsonl files."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    row = {"messages": [{"role": "user", "content": "Quando foi fundado o Farense?"},
+                        {"role": "assistant", "content": "Em 1910."}]}
+    for name in ("train.jsonl", "valid.jsonl"):
+        (folder / name).write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    done = subprocess.run([sys.executable, "-m", "engine.datatools", "stats", str(folder), "--model", "default"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**engine_env(), "FARENSE_TUI_HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert f"{folder / 'train.jsonl'} (chat)" in done.stdout and f"{folder / 'valid.jsonl'} (chat)" in done.stdout
+    assert "examples 1; " in done.stdout

@@ -53,9 +53,13 @@ def test_the_newest_checkpoint_is_the_newest_complete_one(tmp_path):
     assert rd.newest_checkpoint()[0].name == "step_000010"
 
 
-def test_the_adapter_a_run_offers_is_the_best_else_the_final(tmp_path):
+def test_the_adapter_a_run_offers_is_the_best_else_the_final_else_its_newest_checkpoint(tmp_path):
     rd = RunDir(tmp_path)
     assert rd.adapter() is None
+    checkpoint(rd, 10)
+    assert rd.adapter() is None  # a checkpoint without its adapter_config.json is no adapter
+    (rd.checkpoint(10) / "adapter_config.json").write_text("{}")
+    assert rd.adapter() == rd.checkpoint(10)  # stopped before its first validation: its checkpoint
     adapter(rd.final)
     assert rd.adapter() == rd.final
     adapter(rd.best)

@@ -49,7 +49,8 @@ class ProbeRow:
     def event(self) -> P.ProbeResult:
         return P.ProbeResult(batch_size=self.batch_size, max_seq_length=self.max_seq_length,
                              peak_memory=self.peak_memory, tokens_per_second=round(self.tokens_per_second, 2),
-                             ok=self.ok, note=self.note)
+                             ok=self.ok, note=self.note, measured=self.ran,
+                             over_memory=self.over_memory)
 
 
 class ProbeRunner:

@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-checkpoint", type=int, metavar="STEP",
                    help="resume from the checkpoint of update STEP instead of the newest (implies --resume; "
                         "later checkpoints are set aside, not deleted)")
+    settings = p.add_argument_group("settings", "each overrides the config's value (the run's own with --resume); "
+                                                "values as in the YAML: --learning-rate 2e-4, --mask-prompt, "
+                                                "--lora-parameters '{rank: 16, scale: 20}'")
+    for s in C.SETTINGS:
+        bool_flag = isinstance(s.default, bool)
+        settings.add_argument(C.flag(s.key), dest=f"set_{s.key}", metavar="VALUE", help=s.help,
+                              nargs="?" if bool_flag else None, const="true" if bool_flag else None)
     p.add_argument("--detach", action="store_true",
                    help="once the run has started, leave it training in the background and return; follow it "
                         "with 'farense-tui attach DIR'")
@@ -87,17 +94,25 @@ def run(args: argparse.Namespace, make_engine: Callable[[], EngineProcess] = Eng
     raw: dict = {}
     if args.from_checkpoint is not None:
         args.resume = True
-    if args.config:
-        try:
+    try:
+        overrides = {s.key: C.parse_value(s.key, getattr(args, f"set_{s.key}")) for s in C.SETTINGS
+                     if getattr(args, f"set_{s.key}", None) is not None}
+        if args.config:
             raw = C.load_yaml(args.config)
+        elif overrides and args.resume:
+            raw = RunDir(args.run_dir).settings()  # the run's own config, with the flags over it
+        raw = {**raw, **overrides}
+        if raw:
             C.validate(raw)  # fail fast, before the engine loads anything
-        except C.ConfigError as e:
-            print(f"farense-tui: {e}", file=sys.stderr)
-            return 2
-    elif not args.resume:
-        print("farense-tui: --config is needed to start a run (it is optional only with --resume).", file=sys.stderr)
+    except C.ConfigError as e:
+        print(f"farense-tui: {e}", file=sys.stderr)
         return 2
-    elif not RunDir(args.run_dir).config.exists() and not RunDir(args.run_dir).list_checkpoints():
+    if not args.config and not args.resume and not overrides:
+        print("farense-tui: --config (or settings flags, e.g. --data DIR --iters 100) is needed to start a run; "
+              "only --resume goes on without.", file=sys.stderr)
+        return 2
+    if (not args.config and args.resume and not RunDir(args.run_dir).config.exists()
+            and not RunDir(args.run_dir).list_checkpoints()):
         print(f"farense-tui: {args.run_dir} holds no run to resume (no config.yaml, no checkpoints); pass --config "
               f"to start one.", file=sys.stderr)
         return 2

@@ -125,10 +125,12 @@ class PreflightTab(TabPane):
             )
             self._status(self._summary("Checking…"))
         elif isinstance(event, P.ProbeResult):
+            measured = event.measured
+            fits = (Text("yes", style="green") if event.ok else Text("no", style="red")) if measured else (
+                Text("no (predicted)", style="red") if event.over_memory else Text("not run", style="dim"))
             self.query_one("#probes", DataTable).add_row(
-                str(event.batch_size), str(event.max_seq_length), size(event.peak_memory),
-                f"{event.tokens_per_second:.0f}",
-                Text("yes", style="green") if event.ok else Text("no", style="red"), event.note,
+                str(event.batch_size), str(event.max_seq_length), size(event.peak_memory) if measured else "-",
+                f"{event.tokens_per_second:.0f}" if measured else "-", fits, event.note,
             )
         elif isinstance(event, P.PreflightDone):
             self.recommended = dict(event.recommended)

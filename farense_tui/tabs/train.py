@@ -4,6 +4,7 @@ with its last stderr lines, and the app stays usable."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,9 @@ from farense_core.format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
 from ..widgets.event_log import EventLog
 from ..session import Session
+
+
+RUNS_REFRESH_SECONDS = 10.0  # the runs list follows a live run's checkpoints at most this often
 
 
 class TrainTab(TabPane):
@@ -61,7 +65,9 @@ class TrainTab(TabPane):
         self.state = "idle"
         self.run_dir: Optional[str] = None
         self.runs: list[RunInfo] = []
+        self.runs_read = 0.0  # when the runs list was last read
         self.history: Optional[RunHistory] = None
+        self.background_pid: Optional[int] = None  # the engine of a run followed from another process
         self.auto_resumes: dict[str, int] = {}  # run folder -> automatic resumes so far this session
 
     def compose(self) -> ComposeResult:
@@ -90,6 +96,8 @@ class TrainTab(TabPane):
     # -- runs list
 
     def refresh_runs(self) -> None:
+        selected = self.selected_run()
+        self.runs_read = time.monotonic()
         self.runs = list_runs(self.session.checkpoints_dir)
         table = self.query_one("#runs", DataTable)
         table.clear()
@@ -97,6 +105,8 @@ class TrainTab(TabPane):
             step = f"{run.step}/{run.total_steps}" if run.total_steps else "-"
             recall = f"{run.best_recall:.0%}" if run.best_recall is not None else "-"
             table.add_row(run.name, run.status, step, recall, format_loss(run.best_val_loss), key=str(run.path))
+        if selected is not None:  # the cursor stays on the run it was on
+            self._select_run(str(selected.path))
 
     def selected_run(self) -> Optional[RunInfo]:
         table = self.query_one("#runs", DataTable)
@@ -109,6 +119,7 @@ class TrainTab(TabPane):
     def _begin(self, config: dict, run_dir: Path, resume: bool) -> None:
         link = self.session.links["train"]
         history = self.history = RunHistory()
+        self.background_pid = None
         self.show_error(None)
         try:
             link.start(history)
@@ -138,7 +149,7 @@ class TrainTab(TabPane):
         history = self.history = RunHistory()
         self.show_error(None)
         self.session.links["train"].start(history, engine=engine)
-        self.busy, self.run_dir = True, str(run_dir)
+        self.busy, self.run_dir, self.background_pid = True, str(run_dir), engine.pid
         self.query_one(EventLog).write(f"── following {run_dir}, training in the background (pid {engine.pid}) ──")
         self._set_state("training")
         self.post_message(TrainingStarted(history))
@@ -227,6 +238,8 @@ class TrainTab(TabPane):
         self.query_one("#continue", Button).disabled = not (active and state == "paused")
         self.query_one("#stop", Button).disabled = not active
         where = f" · {self.run_dir}" if self.run_dir else ""
+        if self.background_pid and self.busy:
+            where = f" in the background (pid {self.background_pid}){where}"
         self.query_one("#train-state", Static).update(f"engine: {state}{where}")
 
     def on_training_progress(self, message: TrainingProgress) -> None:
@@ -246,6 +259,9 @@ class TrainTab(TabPane):
                 self._set_state(event.state)
         elif isinstance(event, P.Config) and event.run_dir:
             self.run_dir = event.run_dir
+            self.refresh_runs()  # the new run's row
+        elif isinstance(event, P.Checkpoint) and time.monotonic() - self.runs_read > RUNS_REFRESH_SECONDS:
+            self.refresh_runs()  # its row follows the run (each refresh reads every run's events)
         elif isinstance(event, P.Done):
             self.busy = False
             self._set_state(f"{event.status}")

@@ -103,6 +103,25 @@ async def test_command_palette_offers_the_main_actions(app_factory, factory):
 # ---------------------------------------------------------------- preflight
 
 
+async def test_probe_rows_that_were_skipped_do_not_read_as_not_fitting(app_factory):
+    rows = [P.ProbeResult(batch_size=2, max_seq_length=512, peak_memory=3 * 1024**3, tokens_per_second=120.0, ok=True,
+                          note="uses 20% of 15.0 GB"),
+            P.ProbeResult(batch_size=16, max_seq_length=512, peak_memory=0, tokens_per_second=0.0, ok=False,
+                          note="skipped: predicted 14.0 GB, over the 12.8 GB limit", measured=False, over_memory=True),
+            P.ProbeResult(batch_size=8, max_seq_length=512, peak_memory=0, tokens_per_second=0.0, ok=False,
+                          note="skipped: about 300 s at the measured rate, past the probe's 60 s budget",
+                          measured=False)]
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        for row in rows:
+            app.preflight_tab.post_message(EngineEvent("preflight", row))
+        table = app.query_one("#probes", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3, "the probe rows")
+        cells = [[str(c) for c in table.get_row_at(i)] for i in range(3)]
+        assert [c[4] for c in cells] == ["yes", "no (predicted)", "not run"]
+        assert cells[2][2:4] == ["-", "-"]  # no figures for what was not measured
+
+
 async def test_preflight_fills_the_tables_and_applies_the_recommendation(app_factory, factory):
     stream = recorded("preflight_events.jsonl")
     checks_sent = [e for e in stream if isinstance(e, P.Check)]
