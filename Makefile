@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# setuptools prints a box warning about editable installs on every one; it says nothing to act on here
+PIP_QUIET := PYTHONWARNINGS="ignore::Warning"
 
 .PHONY: run test install install-test system-deps default-model clean
 
@@ -29,11 +31,11 @@ system-deps:
 
 # stamps: pip runs again only when pyproject.toml changes
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(PIP_QUIET) $(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(PIP_QUIET) $(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 install: system-deps $(VENV)/.installed

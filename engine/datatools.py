@@ -1,4 +1,4 @@
-"""``farense-tui data``: build the Farense data set; check, split and measure JSONL training files.
+"""``farense-tui data``: build the Farense data set; check, split, measure and preview JSONL training files.
 
     python -m engine.datatools build [--sources DIR] [--out DIR] [--seed N] [--force]
     python -m engine.datatools check FILE...
@@ -205,16 +205,46 @@ def load_tokenizer(model: str):
                             "pass a model folder with tokenizer files.") from None
 
 
-def _cmd_stats(args) -> int:
-    if args.max_seq_length < 1:
-        raise DataToolError(f"--max-seq-length is {args.max_seq_length}; use a positive number of tokens.")
-    checked = [_checked(f) for f in expand_files(args.files)]
+def _tokenizer_of(args):
+    """The tokenizer --model names ("default": the embedded model's)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" on stderr
     try:
         model = locate_model(args.model) if args.model.strip() in DEFAULT_NAMES else args.model
     except ModelNotFoundError as e:
         raise DataToolError(str(e)) from None
-    tokenizer = load_tokenizer(model)
+    return load_tokenizer(model)
+
+
+def _cmd_preview(args) -> int:
+    """A few examples as training sees them: through the chat template, with the part trained on
+    (mask_prompt) marked, their lengths and where max_seq_length cuts them."""
+    from .step import tokenize
+
+    r = _checked(args.file)
+    tokenizer = _tokenizer_of(args)
+    rows = r.samples[:max(args.n, 1)]
+    masked = r.format != "text"
+    data = tokenize(rows, tokenizer, mask_prompt=masked)
+    for i, (tokens, offset) in enumerate(zip(data.tokens, data.offsets), 1):
+        kept = tokens[:args.max_seq_length]
+        cut = f", cut to {args.max_seq_length} by max_seq_length" if len(tokens) > args.max_seq_length else ""
+        trained = max(len(kept) - offset, 0) if masked else len(kept)
+        print(f"── example {i} of {len(r.samples)}: {len(tokens)} tokens{cut}; "
+              f"{trained} trained on{' (with mask_prompt: the answer)' if masked else ''} ──")
+        if masked:
+            print(tokenizer.decode(kept[:offset]), end="")
+            print("▶" + tokenizer.decode(kept[offset:]) + "◀")
+        else:
+            print(tokenizer.decode(kept))
+    print(f"▶…◀ marks what the loss is computed on when mask_prompt is true; without it, every token is trained on.")
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    if args.max_seq_length < 1:
+        raise DataToolError(f"--max-seq-length is {args.max_seq_length}; use a positive number of tokens.")
+    checked = [_checked(f) for f in expand_files(args.files)]
+    tokenizer = _tokenizer_of(args)
     for r in checked:
         try:
             lengths = token_lengths(r.samples, tokenizer)
@@ -278,8 +308,8 @@ def _fraction(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="farense-tui data", description="Build the Farense data set; check, split and measure "
-                                                      "JSONL training files.")
+    p = _Parser(prog="farense-tui data", description="Build the Farense data set; check, split, measure and "
+                                                      "preview JSONL training files.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build train.jsonl, valid.jsonl and probe_paraphrase.jsonl of the Farense Q&A "
@@ -309,6 +339,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--max-seq-length", type=int, default=BY_KEY["max_seq_length"].default,
                    help="training's max_seq_length (default: %(default)s)")
     t.set_defaults(run=_cmd_stats)
+
+    v = sub.add_parser("preview", help="a few examples through the chat template, with what is trained on marked")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--model", required=True,
+                   help="model folder, cached Hugging Face id, or default, whose chat template to use")
+    v.add_argument("--n", type=int, default=3, help="how many examples, from the top (default: 3)")
+    v.add_argument("--max-seq-length", type=int, default=BY_KEY["max_seq_length"].default,
+                   help="training's max_seq_length (default: %(default)s)")
+    v.set_defaults(run=_cmd_preview)
     return p
 
 

@@ -35,7 +35,7 @@ from farense_core.health import DivergenceGuard, Progress, Validation
 from farense_core.models import resolve_model
 from farense_core.rundir import (STATE_FILE, RunDir, RunFolderError, RunLock, RunLocked, check_run_folder,
                                  checkpoint_problem, checkpoint_update, is_adapter_folder)
-from farense_core.schedule import learning_rate_at
+from farense_core.schedule import learning_rate_at, warmup_problem
 
 from . import checkpoints as ckpt
 from .awake import keep_awake, let_sleep
@@ -156,6 +156,8 @@ class Run:
         self.batches = [mb for update in self.updates for mb in update]
         self.valid_batches = batching.bucket_batches(self.valid.lengths, cfg["batch_size"])
         self.updates_per_epoch, self.total_updates = batching.updates_planned(cfg, len(train_rows))
+        if problem := warmup_problem(cfg, self.total_updates):
+            self.ctx.warn(problem, code="schedule")
         truncated = sum(1 for n in self.train.lengths if n > cfg["max_seq_length"])
         if truncated:
             self.ctx.warn(f"{truncated} of {len(self.train.tokens)} training examples are longer than "
@@ -608,7 +610,7 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         ctx.run_dir = rd.path  # from here the UI may detach and leave the run to this folder
         awake = keep_awake()
         for note in notes:
-            ctx.warn(note, code="ignored_key")
+            ctx.warn(note, code=getattr(note, "code", "resume_config"))
         C.save_yaml(cfg, rd.config)
         newest = rd.newest_checkpoint()
         if from_checkpoint is not None:

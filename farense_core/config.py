@@ -15,6 +15,7 @@ Standard library and PyYAML only: the UI validates as you type with it.
 from __future__ import annotations
 
 import copy
+import io
 import difflib
 import math
 import os
@@ -42,6 +43,11 @@ class Setting:
     group: str
     help: str
     check: Optional[Callable[[str, Any], Any]] = None  # returns the normalised value or raises
+
+    @property
+    def choices(self) -> tuple:
+        """The values it may take, when they are a short list (a UI's pick-list); () otherwise."""
+        return tuple(getattr(self.check, "options", ()))
 
 
 def _fmt(v: Any) -> str:
@@ -93,6 +99,7 @@ def _choice(*options) -> Callable:
             )
         return v
 
+    check.options = options  # a UI offers them as a pick-list
     return check
 
 
@@ -172,6 +179,9 @@ def _lr_schedule(key, v):
     raise ConfigError(
         f"{key} is {_fmt(v)}, but it must be one of {', '.join(LR_SCHEDULES)} or an mlx-lm schedule mapping.", key
     )
+
+
+_lr_schedule.options = LR_SCHEDULES  # the mlx-lm mapping form is typed, not picked
 
 
 EARLY_STOP_METRICS = ("recall", "val_loss")
@@ -280,10 +290,18 @@ BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = ["model and data", "training", "lora", "schedule", "checkpoints", "evaluation", "memory"]
 
 # mlx_lm.lora keys that make sense there but not in a run of ours: accepted, ignored.
-IGNORED_MLX_LM_KEYS = {
-    "train", "test", "test_batches", "adapter_path", "resume_adapter_file", "report_to",
-    "project_name", "trust_remote_code", "config", "hf_dataset", "prompt_feature",
-    "completion_feature", "chat_feature", "text_feature", "wandb", "clear_cache_threshold",
+_RUN_FOLDER = "the run folder takes the adapters (--run-dir)"
+_NO_LOGGER = "the run folder's events.jsonl records the run; no external logger is used"
+_LOCAL_DATA = "data is a local folder of JSONL files; rename the fields to messages, prompt/completion or text"
+IGNORED_MLX_LM_KEYS = {  # key -> why it does not apply here
+    "train": "farense-tui train always trains", "test": "evaluate with 'farense-tui eval' after training",
+    "test_batches": "evaluate with 'farense-tui eval' after training", "adapter_path": _RUN_FOLDER,
+    "resume_adapter_file": "resume a run with --resume (it restores the optimizer and data order too)",
+    "report_to": _NO_LOGGER, "project_name": _NO_LOGGER, "wandb": _NO_LOGGER,
+    "trust_remote_code": "only local MLX models and the embedded default load", "config": "this file is the config",
+    "hf_dataset": _LOCAL_DATA, "prompt_feature": _LOCAL_DATA, "completion_feature": _LOCAL_DATA,
+    "chat_feature": _LOCAL_DATA, "text_feature": _LOCAL_DATA,
+    "clear_cache_threshold": "clear_cache_every and low_memory_gb do that",
 }
 
 
@@ -292,6 +310,18 @@ RECOMMENDED_FILE = "recommended_config.json"  # preflight writes it into its out
 
 def defaults() -> dict:
     return {s.key: copy.deepcopy(s.default) for s in SETTINGS}
+
+
+class Note(str):
+    """A note on a config (a str), with the code its warning event carries."""
+
+    code = "config"
+
+    @classmethod
+    def of(cls, text: str, code: str) -> "Note":
+        note = cls(text)
+        note.code = code
+        return note
 
 
 def validate(raw: dict) -> tuple[dict, list[str]]:
@@ -305,7 +335,8 @@ def validate(raw: dict) -> tuple[dict, list[str]]:
     out = defaults()
     for key, value in raw.items():
         if key in IGNORED_MLX_LM_KEYS:
-            notes.append(f"{key} is an mlx_lm.lora option that farense-tui sets itself; it is ignored.")
+            notes.append(Note.of(f"{key} is an mlx_lm.lora option, ignored here: {IGNORED_MLX_LM_KEYS[key]}.",
+                                 "ignored_key"))
             continue
         setting = BY_KEY.get(key)
         if setting is None:
@@ -317,6 +348,12 @@ def validate(raw: dict) -> tuple[dict, list[str]]:
         raise ConfigError("epochs and iters are both set; set only one of them.", "epochs")
     if out["epochs"] is None and out["iters"] is None:
         out["epochs"] = 1.0
+    if out["iters"] is not None and out["grad_accumulation_steps"] > 1:
+        n, k = out["iters"], out["grad_accumulation_steps"]
+        notes.append(Note.of(
+            f"iters counts optimizer updates here, each of grad_accumulation_steps {k} micro-batches; mlx_lm.lora "
+            f"counts micro-batches, so iters {n} trains {k} times the examples it would there (iters "
+            f"{max(n // k, 1)} trains as much as mlx_lm.lora's {n}).", "iters_counts_updates"))
     return out, notes
 
 
@@ -424,6 +461,51 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
     atomic_write_text(path, dump_yaml(cfg))
+
+
+ALWAYS_WRITTEN = ("model", "data")  # a config file names what it trains on, even at the defaults
+
+
+def chosen(cfg: dict) -> dict:
+    """The settings of a resolved config a file needs to hold: those that differ from the defaults,
+    and the model and data."""
+    base = defaults()
+    return {k: v for k, v in cfg.items() if k in ALWAYS_WRITTEN or v != base.get(k)}
+
+
+def changes(old: dict, new: dict) -> list[str]:
+    """What differs between two resolved configs, as "key old -> new"."""
+    return [f"{k} {_fmt(old.get(k))} → {_fmt(new.get(k))}" for k in new if old.get(k) != new.get(k)]
+
+
+def write_config_file(cfg: dict, path: str | os.PathLike) -> None:
+    """Write a resolved config as a user's config file: into an existing file by changing only its
+    values that differ (its comments, order and keys are kept; a key it lacks is added when it
+    differs from the default); a new file holds ``chosen(cfg)``. Atomic, as every write."""
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    rt = YAML()  # round trip: comments and layout survive
+    rt.width = 4096
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    # 3e-05 is a string to YAML 1.1 readers (PyYAML); write floats as PyYAML does: 3.0e-05
+    rt.representer.add_representer(float, lambda r, v: r.represent_scalar(
+        "tag:yaml.org,2002:float", yaml.safe_dump(v).splitlines()[0]))
+    if path.is_file():
+        doc = rt.load(path.read_text(encoding="utf-8"))
+        before, _ = validate(load_yaml(path))
+        if doc is None or not hasattr(doc, "keys"):
+            doc = {}
+        for key, value in cfg.items():
+            if key in doc and before.get(key) != value:
+                doc[key] = value
+            elif key not in doc and before.get(key) != value and value != defaults().get(key):
+                doc[key] = value
+    else:
+        doc = chosen(cfg)
+    out = io.StringIO()
+    rt.dump(doc, out)
+    atomic_write_text(path, out.getvalue())
 
 
 def command_line(config_path: str = "config.yaml", run_dir: str = "checkpoints/run") -> str:

@@ -23,6 +23,16 @@ def size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def share(fraction: float) -> str:
+    """A fraction as a whole percentage that never hides a few: 0.002 is "<1%", 0.998 is ">99%"."""
+    shown = f"{fraction:.0%}"
+    if 0 < fraction and shown == "0%":
+        return "<1%"
+    if fraction < 1 and shown == "100%":
+        return ">99%"
+    return shown
+
+
 MB, GB = 1024 ** 2, 1024 ** 3
 
 

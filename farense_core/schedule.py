@@ -27,6 +27,16 @@ def _mlx_lm_schedule(name: str, args: list[float], step: int) -> float:
     raise ValueError(f"unknown schedule {name}")
 
 
+def warmup_problem(cfg: dict, total_updates: int) -> str:
+    """A sentence when warmup does not fit in the run (the rate never reaches its peak), else ""."""
+    warmup = int(cfg.get("warmup_steps") or 0)
+    if total_updates and warmup >= total_updates:
+        return (f"warmup_steps {warmup} is not shorter than the run's {total_updates} updates: the learning rate "
+                f"never reaches learning_rate; lower warmup_steps (a tenth of the run, {max(total_updates // 10, 1)}, "
+                f"is usual).")
+    return ""
+
+
 def learning_rate_at(update: int, cfg: dict, total_updates: int) -> float:
     """The learning rate for update number ``update`` (1..total_updates)."""
     schedule = cfg.get("lr_schedule")

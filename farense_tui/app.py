@@ -35,7 +35,7 @@ from .tabs.monitor import MonitorTab
 from .tabs.preflight import PreflightTab
 from .tabs.train import TrainTab
 from .widgets.help_screen import HelpScreen
-from .widgets.quit_screen import QuitScreen
+from .widgets.choice_screen import Choice, ChoiceScreen
 
 TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
 
@@ -51,15 +51,20 @@ class AppOptions:
 
 class FarenseApp(App):
     TITLE = "farense-tui"
-    SUB_TITLE = "LoRA fine-tuning on MLX"
+    SUB_TITLE = "fine-tuning on MLX"
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
 
+    # classes the screen gets by its size: the layout of 80x24 differs from 120x40's
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+
     BINDINGS = [
-        Binding("f1", "show_tab('preflight')", "Preflight", priority=True),
-        Binding("f2", "show_tab('config')", "Config", priority=True),
-        Binding("f3", "show_tab('train')", "Train", priority=True),
-        Binding("f4", "show_tab('monitor')", "Monitor", priority=True),
-        Binding("f5", "show_tab('chat')", "Chat", priority=True),
+        # the tabs' labels show these keys (Session.title), so the footer leaves them out
+        Binding("f1", "show_tab('preflight')", "Preflight", priority=True, show=False),
+        Binding("f2", "show_tab('config')", "Config", priority=True, show=False),
+        Binding("f3", "show_tab('train')", "Train", priority=True, show=False),
+        Binding("f4", "show_tab('monitor')", "Monitor", priority=True, show=False),
+        Binding("f5", "show_tab('chat')", "Chat", priority=True, show=False),
         Binding("question_mark", "help", "Keys", key_display="?"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
@@ -77,7 +82,7 @@ class FarenseApp(App):
                                tab_keys=self.tab_keys())
 
     def compose(self) -> ComposeResult:
-        yield Header(show_clock=False, icon="⚽")
+        yield Header(show_clock=False, icon="◆")  # one cell wide everywhere (⚽ is two in some terminals)
         with TabbedContent(initial="preflight"):
             for tab_class in TAB_CLASSES:
                 yield tab_class(self.session)
@@ -219,8 +224,35 @@ class FarenseApp(App):
         self.monitor_tab.query_one("#run-path").focus()
 
     async def action_quit(self) -> None:
-        if self.train_tab.busy and not isinstance(self.screen, QuitScreen):
-            self.push_screen(QuitScreen(self.train_tab.run_dir or "the run"), self._quit_chosen)
+        """Quit; first ask about unsaved settings, then about a run that trains."""
+        if isinstance(self.screen, ChoiceScreen):
+            return  # a question is on screen: answer it first
+        config = self.config_tab
+        if config.dirty:
+            self.push_screen(ChoiceScreen(
+                "The Config tab has unsaved changes.",
+                f"Save them to {config.path()} (the next start loads that file), or quit without them.",
+                [Choice("s", "Save and quit", "save", "primary"), Choice("q", "Quit without saving", "discard",
+                                                                           "error")]),
+                self._config_answered)
+            return
+        await self._ask_about_training()
+
+    async def _config_answered(self, answer: Optional[str]) -> None:
+        if answer == "save":
+            self.config_tab.save(self.config_tab.path(), confirmed=True,
+                                 then=lambda: self.call_later(self._ask_about_training))
+        elif answer == "discard":
+            await self._ask_about_training()
+
+    async def _ask_about_training(self) -> None:
+        if self.train_tab.busy:
+            self.push_screen(ChoiceScreen(
+                "A run is training.",
+                f"{self.train_tab.run_dir or 'The run'}\nStop it with a checkpoint (it can be resumed later), or keep "
+                f"it training in the background: start farense-tui again to follow it.",
+                [Choice("s", "Stop", "stop", "error"), Choice("b", "Background", "background", "primary")]),
+                self._quit_chosen)
             return
         await self._quit()
 
@@ -240,7 +272,8 @@ class FarenseApp(App):
 
     async def _quit(self) -> None:
         if self.train_tab.busy:
-            self.train_tab.query_one("#train-state").update("stopping: saving a checkpoint, then quitting…")
+            self.train_tab.quitting = True
+            self.train_tab._set_state("stopping")
             self.notify("Stopping the run: it saves a checkpoint, then the app quits…", timeout=30)
             self.session.links["train"].send(P.Stop())
             await asyncio.sleep(0)  # let the notice show before the wait

@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "attach": ("farense_tui.commands.attach", "follow a run training in the background: DIR [--stop]"),
     "preflight": ("farense_tui.commands.preflight", "check this machine, the data and the model; recommend a config"),
     "chat": ("farense_tui.commands.chat", "chat with a model and adapter (one-shot with --prompt)"),
-    "data": ("engine.datatools", "build the Farense data set; check, split and measure JSONL files"),
+    "data": ("engine.datatools", "build the Farense data set; check, split, measure and preview JSONL files"),
     "model": ("engine.models", "install the default model; import a GGUF file"),
     "eval": ("engine.evaluate", "ask a model (and adapter) the data's questions; score what it knows"),
     "export": ("engine.export", "export a run's adapter, or fuse it into a standalone model"),

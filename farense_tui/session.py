@@ -43,6 +43,11 @@ class Session:
         """This session's recommendation, else the one preflight last wrote to the checkpoints folder."""
         return self.recommended or read_json(self.checkpoints_dir / RECOMMENDED_FILE)
 
+    def title(self, tab_id: str) -> str:
+        """A tab's label with the key that shows it: 'F3 Train' (the footer then need not list them)."""
+        key = self.tab_keys.get(tab_id)
+        return f"{key} {tab_id.capitalize()}" if key else tab_id.capitalize()
+
     def tab(self, tab_id: str) -> str:
         """A tab's name with its key, for hints: 'Train tab (F3)'."""
         key = self.tab_keys.get(tab_id)

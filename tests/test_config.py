@@ -103,3 +103,36 @@ def test_a_folder_given_as_the_config_is_named_as_a_folder(tmp_path):
     (tmp_path / "config.yaml").write_text("batch_size: 2\n")
     with pytest.raises(C.ConfigError, match=r"give the YAML file itself \(a run keeps its own in .*config.yaml\)"):
         C.load_yaml(tmp_path)
+
+
+def test_writing_into_a_config_file_changes_only_its_values_that_differ(tmp_path):
+    import shutil
+
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "farense.yaml"
+    path = tmp_path / "farense.yaml"
+    shutil.copy(shipped, path)
+    cfg, _ = C.validate(C.load_yaml(path))
+    C.write_config_file({**cfg, "batch_size": 4, "grad_accumulation_steps": 8, "auto_resume": 2}, path)
+    before, after = shipped.read_text().splitlines(), path.read_text().splitlines()
+    assert [line for line in after if line not in before] == [
+        "batch_size: 4",
+        "grad_accumulation_steps: 8  # the measured updates of 32 examples, in micro-batches of 8 (peak ~7 GB, not ~21)",
+        "auto_resume: 2"]
+    assert [line for line in before if line not in after] == ["batch_size: 8", before[12]]  # comments all kept
+    assert C.validate(C.load_yaml(path))[0] == {**cfg, "batch_size": 4, "grad_accumulation_steps": 8, "auto_resume": 2}
+    C.write_config_file(C.validate({"data": "d", "iters": 50, "batch_size": 2})[0], tmp_path / "new.yaml")
+    assert C.load_yaml(tmp_path / "new.yaml") == {"model": "default", "data": "d", "batch_size": 2, "iters": 50}
+
+
+def test_an_mlx_lm_config_is_told_what_iters_means_here_and_why_keys_are_ignored():
+    _, notes = C.validate({"iters": 1000, "grad_accumulation_steps": 4, "report_to": "wandb", "batch_size": 4})
+    assert notes == [
+        "report_to is an mlx_lm.lora option, ignored here: the run folder's events.jsonl records the run; no "
+        "external logger is used.",
+        "iters counts optimizer updates here, each of grad_accumulation_steps 4 micro-batches; mlx_lm.lora counts "
+        "micro-batches, so iters 1000 trains 4 times the examples it would there (iters 250 trains as much as "
+        "mlx_lm.lora's 1000)."]
+    assert [n.code for n in notes] == ["ignored_key", "iters_counts_updates"]
+    assert C.validate({"iters": 1000})[1] == []  # no accumulation: the same count as mlx_lm.lora

@@ -227,3 +227,15 @@ def test_check_takes_a_folder_as_its_jsonl_files(tmp_path, capsys):
     assert f"{tmp_path / 'valid.jsonl'}:1: 'messages' is empty" in out
     assert f"{tmp_path / 'train.jsonl'}: 2 examples (chat 2), no problems" in out
     assert "notes.txt" not in out and "2 files: " in out
+
+
+def test_preview_shows_examples_as_training_sees_them(tiny_model, tmp_path, capsys):
+    path = tmp_path / "train.jsonl"
+    path.write_text(jl(CHAT, {"messages": [{"role": "user", "content": "Quem?"},
+                                           {"role": "assistant", "content": "O Farense " * 40}]}))
+    assert D.main(["preview", str(path), "--model", str(tiny_model), "--n", "2", "--max-seq-length", "64"]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("── example 2 of 2: ")
+    assert first.startswith("── example 1 of 2: ") and "trained on (with mask_prompt: the answer) ──" in first
+    assert "<|im_start|>user\nOlá?<|im_end|>" in first and "▶Olá.<|im_end|>\n◀" in first  # only the answer trained
+    assert ", cut to 64 by max_seq_length;" in second  # the long answer is cut

@@ -641,3 +641,32 @@ def test_probe_time_budget_reaches_the_probe(monkeypatch):
     assert seen["probe"] is True and seen["probe_seconds"] == 600.0
     line = P.Preflight(probe=True, probe_seconds=30.0).to_line()
     assert P.parse_command(line).probe_seconds == 30.0
+
+
+def test_warmup_longer_than_the_run_is_flagged():
+    from farense_core.datafiles import CheckResult
+    from farense_core.schedule import warmup_problem
+
+    found = {"train": CheckResult(path="train.jsonl", samples=chat_samples(10, 1))}  # 10 examples
+    long_warmup = CK.check_warmup(config(epochs=2, batch_size=2, grad_accumulation_steps=1, warmup_steps=100), found)
+    assert [(c.name, c.status) for c in long_warmup] == [("warmup", "warn")]
+    assert long_warmup[0].detail == ("warmup_steps 100 is not shorter than the run's 10 updates: the learning rate "
+                                     "never reaches learning_rate.")
+    assert long_warmup[0].fix == "Lower warmup_steps (a tenth of the run, 1, is usual)."
+    assert CK.check_warmup(config(epochs=2, batch_size=2, warmup_steps=5), found) == []
+    assert warmup_problem({"warmup_steps": 0}, 10) == ""
+
+
+def test_a_few_truncated_examples_never_read_as_none():
+    from farense_core.format import share
+
+    assert [share(x) for x in (0.0, 0.001, 0.004, 0.005, 0.5, 0.996, 1.0)] == ["0%", "<1%", "<1%", "<1%", "50%",
+                                                                              ">99%", "100%"]
+
+
+def test_the_config_check_counts_the_same_settings_from_a_file_or_the_app():
+    from_file = {"model": "default", "data": "data", "batch_size": 8, "learning_rate": 1e-4, "seed": 0}  # 2 defaults
+    from_app, _ = C.validate(from_file)  # the app sends every setting, resolved
+    said = [CK.check_config(raw)[1][0] for raw in (from_file, from_app)]
+    assert said[0].detail == said[1].detail == "The config is valid: 2 settings differ from the defaults."
+    assert said[0].data["keys"] == ["batch_size", "epochs"]  # epochs: 1 when neither epochs nor iters is set

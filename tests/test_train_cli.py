@@ -68,3 +68,21 @@ def test_a_bad_flag_is_one_sentence(tmp_path, capsys, argv, said):
     assert train("--run-dir", str(tmp_path / "run"), *argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(said) and err.count("\n") == 1 and not RecordingEngine.sent
+
+
+def test_on_a_terminal_the_reports_stay_in_the_scrollback_above_the_bar(capsys):
+    from pathlib import Path
+
+    from farense_tui.runs import read_events
+
+    events, _ = read_events(Path(__file__).resolve().parent / "ui" / "fixtures" / "run_events.jsonl")
+    steps = [e for e in events if isinstance(e, P.Step)]
+    progress = cli.Progress(tty=True)
+    progress.report_every = 10
+    progress.start(steps[-1].total_steps)
+    for step in steps:
+        progress.step(step)
+    progress.stop()
+    out = capsys.readouterr().out
+    reported = [line.split()[1] for line in out.splitlines() if line.startswith("update ")]
+    assert reported == ["1/40", "10/40", "20/40", "30/40", "40/40"]

@@ -23,8 +23,9 @@ from farense_core import config as C
 from farense_core import protocol as P
 from farense_core.batching import padded_length
 from farense_core.datafiles import CheckResult, check_file
-from farense_core.format import count, gb
+from farense_core.format import count, gb, share
 from farense_core.models import default_model_installed, default_model_path, is_hub_id
+from farense_core.schedule import warmup_problem
 
 from ..datatools import length_stats
 from ..model import InputError, load_model, quantization_of
@@ -151,9 +152,14 @@ def check_config(raw: dict) -> tuple[dict, list[P.Check]]:
         cfg, _ = C.validate({})
         return cfg, [check("config", "settings", "fail", f"{e} The rest of preflight uses the defaults.",
                            "Fix that setting in the config file and run preflight again.")]
+    base = C.defaults()
+    chosen = sorted(k for k in cfg if cfg[k] != base[k])  # the same count from a file or the app's fields
     out = [check("config", "settings", "pass",
-                 f"The config is valid ({len(raw)} settings given, the rest default).", keys=sorted(raw))]
-    out += [check("config", "ignored", "warn", note, "Remove the key from the config.") for note in notes]
+                 f"The config is valid: {len(chosen)} setting{'s' * (len(chosen) != 1)} differ from the defaults.",
+                 keys=chosen)]
+    out += [check("config", "ignored", "warn", note, "Remove the key from the config.") if note.code == "ignored_key"
+            else check("config", note.code, "warn", note, "Set iters as the note says if you meant mlx_lm.lora's amount "
+                                                          "of training.") for note in notes]
     return cfg, out
 
 
@@ -442,7 +448,7 @@ def check_token_lengths(cfg: dict, files: dict[str, CheckResult], tokenizer) -> 
             lost = f"; {empty} keep no answer tokens at all" if empty else ""
             out.append(check("data", f"{name} tokens", "warn",
                              f"{figures}; max_seq_length {limit} truncates {st.truncated} "
-                             f"({st.truncated_fraction:.0%}){lost}.",
+                             f"({share(st.truncated_fraction)}){lost}.",
                              f"Raise max_seq_length to {_round_up(st.max, 64)} to keep every example whole, "
                              f"or accept the truncation.", **data))
         else:
@@ -478,6 +484,18 @@ def check_fact_exposure(cfg: dict, files: dict[str, CheckResult]) -> list[P.Chec
                   f"{FACT_EXPOSURES} times were recalled 98% of the time, twice 3% (docs/quality.md).",
                   fix + "; if the answers teach a style rather than facts, ignore this.", **data)]
 
+
+
+def check_warmup(cfg: dict, files: dict[str, CheckResult]) -> list[P.Check]:
+    """Warmup that does not end before the run does."""
+    train = files.get("train")
+    if train is None or train.problems or not train.samples:
+        return []
+    problem = warmup_problem(cfg, batching.updates_planned(cfg, len(train.samples))[1])
+    if not problem:
+        return []
+    what, fix = problem.split("; ", 1)
+    return [check("training", "warmup", "warn", what + ".", fix[0].upper() + fix[1:])]
 
 
 def check_time(cfg: dict, info: Optional[ModelInfo], dev: DeviceInfo, working: str, lengths: dict,

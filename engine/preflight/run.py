@@ -28,6 +28,7 @@ from .checks import (
     check_device,
     check_disk,
     check_fact_exposure,
+    check_warmup,
     check_hardware,
     check_memory,
     check_model,
@@ -125,6 +126,7 @@ def run_preflight(raw: dict, out: str | os.PathLike = RUNS_FOLDER, probe: bool =
     longest = longest_example(lengths)
     add(guarded("memory", check_memory, cfg, info, working, hw, longest, default=[]))
     add(guarded("training", check_fact_exposure, cfg, files, default=[]))
+    add(guarded("training", check_warmup, cfg, files, default=[]))
 
     rec = recommend(cfg, raw, hw, dev, info, model_name, lengths, train_count)
     probe_report = None

@@ -224,6 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     term = Terminal()
     chat = None
     try:
+        if args.prompt is None and sys.stdin.isatty():  # seconds pass before the prompt: say why
+            print(f"loading {args.model or 'the default model'}" + (f" with {args.adapter}" if args.adapter else "")
+                  + "...", file=sys.stderr, flush=True)
         chat = EngineChat()
         chat.load(args.model, args.adapter)
         if args.prompt is None:

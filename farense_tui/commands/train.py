@@ -80,7 +80,7 @@ class Progress:
                 f"{ev.tokens_per_second:.0f} tok/s mem {size(ev.memory.mlx_active)}")
         if self.bar is not None:
             self.bar.update(self.task, completed=ev.step, total=ev.total_steps, info=info)
-        elif ev.step % self.report_every == 0 or ev.step == ev.total_steps or ev.step == 1:
+        if ev.step % self.report_every == 0 or ev.step == ev.total_steps or ev.step == 1:  # kept in the scrollback
             self.line(f"update {ev.step}/{ev.total_steps} {info} elapsed {duration(ev.elapsed)} eta {duration(ev.eta)}")
 
     def stop(self) -> None:

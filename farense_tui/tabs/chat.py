@@ -60,7 +60,7 @@ class ChatTab(TabPane):
     """
 
     def __init__(self, session: Session) -> None:
-        super().__init__("Chat", id="chat")
+        super().__init__(session.title("chat"), id="chat")
         self.session = session
         self.loaded: Optional[tuple[str, Optional[str]]] = None  # what the engine was asked to load
         self.load_confirmed = False  # the engine answered the last load with chat_loaded
@@ -68,6 +68,7 @@ class ChatTab(TabPane):
         self.current: Optional[str] = None  # the reply being generated
         self.evaluating = False  # an evaluation is running on the chat engine
         self._count = 0
+        self.adapter_picked = False  # the user chose an adapter (or none): keep it over visits
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="chat-top"):
@@ -80,6 +81,8 @@ class ChatTab(TabPane):
                 yield Select([("none: the base model", NO_ADAPTER)], value=NO_ADAPTER, allow_blank=False,
                              id="chat-adapter")
             yield Button("Load (ctrl+l)", id="chat-load")
+        yield Input(placeholder="System prompt (optional), sent with every reply: e.g. Responde em português.",
+                    id="chat-system", compact=True)
         with Horizontal():
             with Vertical():
                 yield Static("Type a question and press enter; the model loads on the first message.",
@@ -119,9 +122,15 @@ class ChatTab(TabPane):
                          else f"best val {format_loss(run.best_val_loss)}")
                 options.append((f"{run.name} ({score})", str(run.adapter)))
         previous = select.value
-        select.set_options(options)
         values = [v for _, v in options]
-        select.value = previous if previous in values and previous != NO_ADAPTER else values[min(1, len(values) - 1)]
+        keep = previous in values and (self.adapter_picked or previous != NO_ADAPTER)
+        with self.prevent(Select.Changed):  # not the user's choice
+            select.set_options(options)
+            select.value = previous if keep else values[min(1, len(values) - 1)]  # else the newest run's
+
+    @on(Select.Changed, "#chat-adapter")
+    def _adapter_changed(self) -> None:
+        self.adapter_picked = True
 
     def _choice(self) -> tuple[str, Optional[str]]:
         model = self.query_one("#chat-model", Input).value.strip()
@@ -161,9 +170,11 @@ class ChatTab(TabPane):
     # -- sending
 
     def sampler(self) -> dict:
-        """The sampler fields' values, checked as the engine checks them (``SamplerError``)."""
-        return {f.name: sampling.check(f.name, self.query_one(f"#sampler-{f.name}", Input).value.strip())
-                for f in sampling.FIELDS}
+        """The sampler fields' values, checked as the engine checks them (``SamplerError``), and the
+        system prompt."""
+        values = {f.name: sampling.check(f.name, self.query_one(f"#sampler-{f.name}", Input).value.strip())
+                  for f in sampling.FIELDS}
+        return {**values, "system": self.query_one("#chat-system", Input).value.strip() or None}
 
     def _next_id(self, suffix: str = "") -> str:
         self._count += 1

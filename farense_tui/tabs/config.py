@@ -8,18 +8,19 @@ mounted lazily after the first frame, so other tabs can read the config at any t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Input, Label, Static, Switch, TabPane
+from textual.widgets import Button, Input, Label, Select, Static, Switch, TabPane
 
 from farense_core import config as C
 
 from ..runs import new_run_dir
+from ..widgets.choice_screen import Choice, ChoiceScreen
 from ..widgets.deferred import mount_after_first_frame
 from ..session import Session
 
@@ -75,6 +76,7 @@ class SettingField(Horizontal):
     SettingField .name { width: 24; }
     SettingField Input { width: 28; background: $boost; }
     SettingField Switch { width: 28; height: 1; border: none; padding: 0; }
+    SettingField Select { width: 28; }
     SettingField Input:focus, SettingField Switch:focus { background: $primary 40%; }
     SettingField .note { width: 1fr; padding-left: 2; color: $text-muted; }
     SettingField.-invalid .note { color: $error; }
@@ -86,7 +88,7 @@ class SettingField(Horizontal):
         self.setting = setting
         self.text = text
         self.message: Optional[str] = None
-        self.editor: Optional[Input | Switch] = None
+        self.editor: Optional[Input | Switch | Select] = None
         self.note: Optional[Static] = None
 
     def compose(self) -> ComposeResult:
@@ -94,6 +96,10 @@ class SettingField(Horizontal):
         yield Label(s.key, classes="name")
         if isinstance(self.text, bool):
             self.editor = Switch(value=self.text, id=f"setting-{s.key}")
+        elif self.picked(self.text):
+            self.editor = Select([(c, c) for c in s.choices], value=self.text or s.default or Select.NULL,
+                                 allow_blank=s.default is None, prompt="not set", id=f"setting-{s.key}",
+                                 compact=True)
         else:
             self.editor = Input(value=self.text, placeholder=format_value(s.default) or "not set",
                                 id=f"setting-{s.key}", compact=True)
@@ -104,11 +110,27 @@ class SettingField(Horizontal):
     def on_mount(self) -> None:
         self._draw_message()
 
+    def picked(self, text: FieldText) -> bool:
+        """Whether this value is edited with a pick-list (one of a short list of values, or unset)."""
+        return bool(self.setting.choices) and isinstance(text, str) and (not text or text in self.setting.choices)
+
     def set_text(self, text: FieldText) -> None:
         """Change the value (before the field is mounted too: it then starts with it)."""
         self.text = text
-        if self.editor is not None:
+        if isinstance(self.editor, Select):
+            if self.picked(text) and (text or self.setting.default):
+                self.editor.value = text or self.setting.default
+            elif self.picked(text):
+                self.editor.clear()  # unset (lr_schedule: constant)
+            else:  # a value no pick-list holds (an mlx-lm schedule mapping): typed instead
+                self.call_later(self._type_instead, text)
+        elif self.editor is not None:
             self.editor.value = text
+
+    async def _type_instead(self, text: str) -> None:
+        old, self.editor = self.editor, Input(value=text, id=f"setting-{self.setting.key}", compact=True)
+        await old.remove()
+        await self.mount(self.editor, after=self.query_one(".name"))
 
     def show_message(self, message: Optional[str]) -> None:
         if message != self.message:
@@ -142,7 +164,7 @@ class ConfigTab(TabPane):
     """
 
     def __init__(self, session: Session) -> None:
-        super().__init__("Config", id="config")
+        super().__init__(session.title("config"), id="config")
         self.session = session
         self.texts: dict[str, FieldText] = {s.key: field_text(s, s.default) for s in C.SETTINGS}
         self.fields = {s.key: SettingField(s, self.texts[s.key]) for s in C.SETTINGS}  # mounted lazily
@@ -182,6 +204,23 @@ class ConfigTab(TabPane):
             self.load(path)
         else:
             self.revalidate()
+            self.mark_saved()
+
+    # -- unsaved changes
+
+    def _meaning(self) -> dict:
+        """What the fields say: the resolved config, or (while invalid) their texts."""
+        cfg, _ = self._validate()
+        return cfg if cfg is not None else {"texts": dict(self.texts)}
+
+    def mark_saved(self) -> None:
+        """What the fields hold now is what a file holds (just loaded or saved)."""
+        self.saved = self._meaning()
+
+    @property
+    def dirty(self) -> bool:
+        """Settings changed since the last load or save (an empty field and its default are the same)."""
+        return self._meaning() != getattr(self, "saved", None) if hasattr(self, "saved") else False
 
     @property
     def fields_mounted(self) -> bool:
@@ -209,11 +248,13 @@ class ConfigTab(TabPane):
 
     @on(Input.Changed, "SettingField Input")
     @on(Switch.Changed, "SettingField Switch")
-    def _field_changed(self, event: Input.Changed | Switch.Changed) -> None:
+    @on(Select.Changed, "SettingField Select")
+    def _field_changed(self, event: Input.Changed | Switch.Changed | Select.Changed) -> None:
         key = event.control.id.removeprefix("setting-")
-        if self.texts.get(key) == event.value:
+        value = "" if isinstance(event.control, Select) and event.control.is_blank() else event.value
+        if self.texts.get(key) == value:
             return
-        self.texts[key] = event.value
+        self.texts[key] = value
         # a burst of changes (typing fast, loading a file) is checked once, after it
         if not self._revalidate_pending:
             self._revalidate_pending = True
@@ -283,23 +324,49 @@ class ConfigTab(TabPane):
             return False
         # keep what the file says (not the defaults validate fills in), so epochs/iters stay as written
         self.set_values({k: v for k, v in cfg.items() if k in raw or k == "epochs"}, replace=True)
+        self.mark_saved()
         self._show_notes(notes)
         self.app.notify(f"Loaded {path}.", title="Config")
         return True
 
-    def save(self, path: str | Path) -> bool:
+    def save(self, path: str | Path, *, confirmed: bool = False, then: Optional[Callable[[], None]] = None) -> bool:
+        """Write the settings into ``path`` (an existing file keeps its comments and other keys).
+        Overwriting a file asks first, naming the values that change; ``then`` runs once saved."""
         cfg, error = self.resolved()
         if cfg is None:
             self.app.notify(f"The config is not valid, so it was not saved: {error}",
                             title="Config not saved", severity="error")
             return False
+        path = Path(path)
+        if path.is_file() and not confirmed:
+            try:
+                before, _ = C.validate(C.load_yaml(path))
+                changed = C.changes(before, cfg)
+            except C.ConfigError:
+                changed = ["its contents are replaced (it is not a valid config now)"]
+            if not changed:
+                self.mark_saved()
+                self.app.notify(f"{path} already holds these settings.", title="Config")
+                if then is not None:
+                    then()
+                return True
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            self.app.push_screen(
+                ChoiceScreen(f"Overwrite {path}?", f"{len(changed)} setting{'s' * (len(changed) != 1)} change: "
+                                                   f"{shown}. Its comments and other keys are kept.",
+                             [Choice("o", "Overwrite", "overwrite", "error")]),
+                lambda answer: answer == "overwrite" and self.save(path, confirmed=True, then=then))
+            return False
         try:
-            C.save_yaml(cfg, path)
+            C.write_config_file(cfg, path)
         except OSError as e:
             self.app.notify(f"{path} cannot be written ({e.strerror}).", title="Config not saved",
                             severity="error")
             return False
+        self.mark_saved()
         self.app.notify(f"Saved {path}.", title="Config")
+        if then is not None:
+            then()
         return True
 
     def apply_recommended(self) -> bool:
@@ -309,21 +376,29 @@ class ConfigTab(TabPane):
                             f"({self.session.tab_keys.get('preflight', 'Preflight')}, then r).",
                             title="Config", severity="warning")
             return False
+        before = self.resolved()[0]
         notes = self.set_values(recommended, replace=False)
         self._show_notes(notes)
-        self.app.notify(f"Applied the recommended config ({len(recommended)} settings).", title="Config")
+        after = self.resolved()[0]
+        changed = C.changes(before, after) if before is not None and after is not None else []
+        source = ("" if self.session.recommended else
+                  f" (from {self.session.checkpoints_dir / C.RECOMMENDED_FILE}, written by an earlier preflight)")
+        what = (f"{len(changed)} setting{'s' * (len(changed) != 1)} changed: {'; '.join(changed)}" if changed
+                else "the settings already matched it")
+        self.app.notify(f"Applied the recommended config{source}: {what}.", title="Config")
         return True
 
     # -- actions and buttons
 
-    def _path(self) -> str:
+    def path(self) -> str:
+        """The YAML file named in the tab."""
         return self.query_one("#config-path", Input).value.strip() or "config.yaml"
 
     def action_load(self) -> None:
-        self.load(self._path())
+        self.load(self.path())
 
     def action_save(self) -> None:
-        self.save(self._path())
+        self.save(self.path())
 
     def action_apply_recommended(self) -> None:
         self.apply_recommended()

@@ -57,7 +57,7 @@ class MonitorTab(TabPane):
     """
 
     def __init__(self, session: Session) -> None:
-        super().__init__("Monitor", id="monitor")
+        super().__init__(session.title("monitor"), id="monitor")
         self.session = session
         self.history: Optional[RunHistory] = None
         self.live: Optional[RunHistory] = None

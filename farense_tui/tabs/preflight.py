@@ -33,7 +33,7 @@ class PreflightTab(TabPane):
     DEFAULT_CSS = """
     PreflightTab #preflight-bar { height: auto; }
     PreflightTab #preflight-bar Button { margin-right: 1; }
-    PreflightTab #preflight-status { padding: 1 1 0 1; width: 1fr; }
+    PreflightTab #preflight-status { padding: 0 1; height: auto; }
     PreflightTab #preflight-status.-error { color: $error; }
     PreflightTab #checks { height: 2fr; }
     PreflightTab #preflight-lower { height: 1fr; }
@@ -43,9 +43,10 @@ class PreflightTab(TabPane):
     """
 
     def __init__(self, session: Session) -> None:
-        super().__init__("Preflight", id="preflight")
+        super().__init__(session.title("preflight"), id="preflight")
         self.session = session
         self.recommended: Optional[dict] = None
+        self.report: dict = {}
         self.counts = {"pass": 0, "warn": 0, "fail": 0}
 
     def compose(self) -> ComposeResult:
@@ -53,7 +54,7 @@ class PreflightTab(TabPane):
             yield Button("Run preflight (r)", id="run", variant="primary")
             yield Button("With probe (p)", id="run-probe")
             yield Button("Apply recommended (a)", id="apply", disabled=True)
-            yield Static("Press r to check this machine, the data and the model.", id="preflight-status")
+        yield Static("Press r to check this machine, the data and the model.", id="preflight-status")
         table = DataTable(id="checks", cursor_type="row", zebra_stripes=True)
         for label, width in CHECK_COLUMNS:
             table.add_column(label, width=width)
@@ -134,6 +135,7 @@ class PreflightTab(TabPane):
             )
         elif isinstance(event, P.PreflightDone):
             self.recommended = dict(event.recommended)
+            self.report = dict(event.report)
             self.query_one("#recommended", Static).update(self._describe_recommended())
             self.query_one("#apply", Button).disabled = False
             where = f" Report: {event.report_path}." if event.report_path else ""
@@ -155,9 +157,17 @@ class PreflightTab(TabPane):
         current, _ = self.session.config.resolved()
         changes = {k: v for k, v in self.recommended.items() if (current or {}).get(k) != v}
         if not changes:
-            return "The Config tab already holds the recommended settings."
-        listing = yaml.safe_dump(changes, sort_keys=False, default_flow_style=False, width=36).strip()
-        return f"Changes to the current settings:\n{listing}\n\nPress a to apply them to the Config tab."
+            text = "The Config tab already holds the recommended settings."
+        else:
+            listing = yaml.safe_dump(changes, sort_keys=False, default_flow_style=False, width=36).strip()
+            text = f"Changes to the current settings:\n{listing}\n\nPress a to apply them to the Config tab."
+        how_long = next((c.get("detail", "") for c in self.report.get("checks", []) if c.get("category") == "time"), "")
+        if how_long:
+            text += f"\n\nHow long: {how_long}"
+        reasons = self.report.get("recommendation", {}).get("reasons", [])
+        if reasons:
+            text += "\n\nWhy:\n" + "\n".join(f"• {r}" for r in reasons)
+        return text
 
     def _summary(self, lead: str) -> str:
         c = self.counts

@@ -4,6 +4,7 @@ with its last stderr lines, and the app stays usable."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,9 +17,11 @@ from textual.widgets import Button, DataTable, Label, ProgressBar, Static, TabPa
 
 from farense_core import protocol as P
 from farense_core.crash import retry_config
-from farense_core.rundir import checkpoint_update
+from farense_core.format import size
+from farense_core.rundir import RunDir, checkpoint_update, lock_holder
 
 from ..attach import AttachedEngine, NotAttachable
+from ..widgets.choice_screen import Choice, ChoiceScreen
 from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
 from farense_core.format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
@@ -37,13 +40,14 @@ class TrainTab(TabPane):
         Binding("x", "stop", "Stop"),
         Binding("r", "resume_run", "Resume run", show=False),  # the runs list's hint shows these two
         Binding("o", "open_run", "Open in Monitor", show=False),
+        Binding("d", "delete_run", "Delete run", show=False),
     ]
 
     DEFAULT_CSS = """
     TrainTab #train-bar { height: auto; }
     TrainTab #train-bar Button { margin-right: 1; }
-    TrainTab #train-state { width: 1fr; padding: 1 1 0 1; }
-    TrainTab #progress-row { height: 1; margin: 1 0 0 0; }
+    TrainTab #train-state { padding: 0 1; height: auto; }
+    TrainTab #progress-row { height: 1; margin: 0; }
     TrainTab #progress-row ProgressBar { width: 40; }
     TrainTab #progress-text { width: 1fr; }
     TrainTab #train-error {
@@ -59,13 +63,14 @@ class TrainTab(TabPane):
     """
 
     def __init__(self, session: Session) -> None:
-        super().__init__("Train", id="train")
+        super().__init__(session.title("train"), id="train")
         self.session = session
         self.busy = False
         self.state = "idle"
         self.run_dir: Optional[str] = None
         self.runs: list[RunInfo] = []
         self.runs_read = 0.0  # when the runs list was last read
+        self.quitting = False  # the app quits once the run has stopped
         self.history: Optional[RunHistory] = None
         self.background_pid: Optional[int] = None  # the engine of a run followed from another process
         self.auto_resumes: dict[str, int] = {}  # run folder -> automatic resumes so far this session
@@ -76,7 +81,7 @@ class TrainTab(TabPane):
             yield Button("Pause (p)", id="pause", disabled=True)
             yield Button("Continue (c)", id="continue", disabled=True)
             yield Button("Stop (x)", id="stop", variant="error", disabled=True)
-            yield Static("No run yet. Press s to train with the Config tab's settings.", id="train-state")
+        yield Static("No run yet. Press s to train with the Config tab's settings.", id="train-state")
         with Horizontal(id="progress-row"):
             yield ProgressBar(total=1, show_eta=False, id="progress")
             yield Static("", id="progress-text")
@@ -88,7 +93,7 @@ class TrainTab(TabPane):
                 table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
                 table.add_columns("run", "status", "update", "recall", "best val")
                 yield table
-                yield Label("r resume the selected run · o open it in Monitor", classes="hint")
+                yield Label("r resume the selected run · o open it in Monitor · d delete it", classes="hint")
 
     def on_mount(self) -> None:
         self.refresh_runs()
@@ -196,6 +201,31 @@ class TrainTab(TabPane):
             return
         self.post_message(OpenRun(str(run.path)))
 
+    def action_delete_run(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            self.app.notify("There is no run in the checkpoints folder to delete.", severity="warning")
+            return
+        holder = lock_holder(RunDir(run.path))
+        if holder is not None or (self.busy and self.run_dir and Path(self.run_dir).resolve() == run.path.resolve()):
+            self.app.notify(f"{run.name} is training now; stop it first (x).", severity="warning")
+            return
+        files = [p for p in run.path.rglob("*") if p.is_file()]
+        self.app.push_screen(
+            ChoiceScreen(f"Delete {run.name}?", f"Its folder {run.path} goes, with everything in it: {len(files)} "
+                                                f"files, {size(sum(p.stat().st_size for p in files))} (checkpoints, "
+                                                f"adapters, events). This cannot be undone.",
+                         [Choice("d", "Delete", "delete", "error")]),
+            lambda answer: self._delete(run) if answer == "delete" else None)
+
+    def _delete(self, run: RunInfo) -> None:
+        try:
+            shutil.rmtree(run.path)
+        except OSError as e:
+            self.show_error(f"{run.path} could not be deleted completely ({e.strerror}); remove what is left by hand.")
+        self.refresh_runs()
+        self.app.notify(f"Deleted {run.name}.", title="Train")
+
     def _command(self, command: P.Record, what: str) -> None:
         if not self.busy:
             self.app.notify(f"There is no run to {what}.", severity="warning")
@@ -240,7 +270,8 @@ class TrainTab(TabPane):
         where = f" · {self.run_dir}" if self.run_dir else ""
         if self.background_pid and self.busy:
             where = f" in the background (pid {self.background_pid}){where}"
-        self.query_one("#train-state", Static).update(f"engine: {state}{where}")
+        quitting = " — saving a checkpoint; the app quits once the run has stopped" if self.quitting else ""
+        self.query_one("#train-state", Static).update(f"engine: {state}{where}{quitting}")
 
     def on_training_progress(self, message: TrainingProgress) -> None:
         step = message.step
@@ -265,6 +296,7 @@ class TrainTab(TabPane):
         elif isinstance(event, P.Done):
             self.busy = False
             self._set_state(f"{event.status}")
+            self._if_never_started()
             self.refresh_runs()
         elif isinstance(event, P.Error):
             text = event.message
@@ -281,6 +313,7 @@ class TrainTab(TabPane):
                 self._set_state("idle")
             return
         self._set_state("exited")
+        self._if_never_started()
         self.query_one(EventLog).add_error(message.report.splitlines()[0])
         run = self._select_run(self.run_dir)
         if run is None or not run.resumable or not was_busy:
@@ -302,6 +335,12 @@ class TrainTab(TabPane):
         left = " (auto_resume has used its retries)" if retries else ""
         self.show_error(f"{message.report}\nPress r to resume {run.name} from its newest checkpoint (update "
                         f"{checkpoint_update(run.last_checkpoint)}){left}.")
+
+    def _if_never_started(self) -> None:
+        """A run that ended before its first update leaves no "loading…" behind."""
+        if self.history is None or self.history.last_step is None:
+            self.query_one("#progress", ProgressBar).update(total=1, progress=0)
+            self.query_one("#progress-text", Static).update(" did not start: see why above")
 
     def history_config(self) -> dict:
         """The config of the run this tab follows (what its engine said it runs with)."""

@@ -37,3 +37,7 @@ class HelpScreen(ModalScreen[None]):
             yield table
             yield Label("ctrl+p opens the command palette with every action. Escape closes this screen.",
                         classes="hint")
+
+    def on_mount(self) -> None:
+        # the table takes the keys: arrows, page up/down and end reach its last rows on a small terminal
+        self.query_one(DataTable).focus()

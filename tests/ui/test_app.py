@@ -10,7 +10,7 @@ import yaml
 from fake_engine import FakeEngine, FakeFactory, recorded
 from rich.text import Text
 from ui_helpers import SIZE, wait_for
-from textual.widgets import Checkbox, DataTable, Input, ProgressBar, Select, Static, TabbedContent
+from textual.widgets import Checkbox, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent
 
 from farense_core import protocol as P
 from farense_tui.engine_client import EngineProcess
@@ -147,7 +147,10 @@ async def test_preflight_fills_the_tables_and_applies_the_recommendation(app_fac
         shown = text_of(app, "#recommended")
         assert (recommended["batch_size"], recommended["grad_accumulation_steps"], recommended["max_seq_length"]) == (
             4, 1, 192)
-        assert "batch_size: 4" in shown and "max_seq_length: 192" in shown and "learning_rate" not in shown
+        changes, rest = shown.split("How long:")
+        assert "batch_size: 4" in changes and "max_seq_length: 192" in changes and "learning_rate" not in changes
+        # preflight's estimate of the run's length and its reasons, not only the changes
+        assert rest.startswith(" About 0 s per epoch") and "\nWhy:\n• 23.0 GB of memory available" in rest
         await wait_for(pilot, lambda: not app.links["preflight"].running, "the preflight engine to close")
 
         await pilot.press("a")
@@ -236,7 +239,8 @@ async def test_config_saves_and_loads_yaml(app_factory, workdir):
         assert error is None and cfg["iters"] == 7 and cfg["lora_parameters"]["rank"] == 4
         assert cfg["learning_rate"] == 1e-4  # keys the file leaves out go back to their defaults
         notes = text_of(app, "#config-notes")
-        assert "train is an mlx_lm.lora option" in notes and "adapter_path" in notes
+        assert "train is an mlx_lm.lora option, ignored here: farense-tui train always trains." in notes
+        assert "adapter_path is an mlx_lm.lora option, ignored here: the run folder takes the adapters" in notes
 
         path.value = "missing.yaml"
         await pilot.press("ctrl+o")
@@ -546,6 +550,28 @@ async def test_chat_streams_a_reply(app_factory, factory, workdir):
         assert app.query_one("#prompt", Input).value == ""
 
 
+async def test_the_adapter_chosen_stays_chosen_and_the_system_prompt_is_sent(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        select = app.query_one("#chat-adapter", Select)
+        assert select.value != "none"  # at first, the newest run's adapter
+        select.value = "none"  # the user picks the bare base model
+        await pilot.pause()
+        app.query_one("#chat-system", Input).value = "Responde em português."
+        await send_prompt(pilot, app, "Olá")
+        await wait_for(pilot, lambda: app.chat_tab.current is None and not app.chat_tab.pending, "the reply")
+        await pilot.press("f3", "f4", "f5")  # visiting other tabs refreshes the choices
+        assert select.value == "none"
+        await send_prompt(pilot, app, "Quem fundou o Farense?")
+        await wait_for(pilot, lambda: app.chat_tab.current is None and not app.chat_tab.pending, "the reply")
+        engine = factory.last("chat")
+        assert [load.adapter for load in engine.sent_of(P.ChatLoad)] == [None]
+        assert [c.system for c in engine.sent_of(P.Chat)] == ["Responde em português."] * 2
+        replies = [m for m in app.query(ChatMessage) if m.has_class("reply")]
+        assert [r.border_title for r in replies] == ["assistant", "assistant"]  # never "base + adapter"
+
+
 async def start_a_long_reply(pilot, app) -> ChatLog:
     """Ask in the Chat tab and wait for the reply's first token."""
     await pilot.press("f5")
@@ -685,3 +711,150 @@ async def test_quit_shuts_the_engines_down(app_factory, factory):
         await wait_for(pilot, lambda: engine.returncode == 0, "the chat engine to shut down")
     assert app.return_code == 0
 
+
+
+# ---------------------------------------------------------------- what the user keeps
+
+
+async def test_saving_over_a_config_file_asks_and_keeps_its_comments(app_factory, workdir):
+    path = workdir / "config.yaml"
+    path.write_text("# my notes on this run\n" + path.read_text())
+    original = path.read_text()
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        config = app.config_tab
+        await wait_for(pilot, lambda: config.fields_mounted, "the settings")
+        config.set_values({"batch_size": 3, "keep_checkpoints": 7}, replace=False)
+        assert config.dirty
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "Overwrite config.yaml?", "the question")
+        said = str(app.screen.query(Label)[1].render())
+        assert said.startswith("2 settings change: batch_size 2 → 3; keep_checkpoints 3 → 7.")
+        await pilot.press("escape")  # not now
+        await pilot.pause()
+        assert path.read_text() == original and config.dirty
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "").startswith("Overwrite"), "the question")
+        await pilot.press("o")
+        await wait_for(pilot, lambda: not config.dirty, "the save")
+    text = path.read_text()
+    assert text.startswith("# my notes on this run\n")  # the user's comments survive
+    assert "batch_size: 3\n" in text and "keep_checkpoints: 7\n" in text
+    changed = [(a, b) for a, b in zip(original.splitlines(), text.splitlines()) if a != b]
+    assert changed == [("batch_size: 2", "batch_size: 3"), ("keep_checkpoints: 3", "keep_checkpoints: 7")]
+    assert len(text.splitlines()) == len(original.splitlines())  # every other line as it was
+
+
+async def test_quitting_with_unsaved_settings_asks_to_save_them(app_factory, workdir):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the settings")
+        app.config_tab.set_values({"learning_rate": 3e-4}, replace=False)
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "The Config tab has unsaved changes.",
+                       "the question")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: not app.is_running, "the app to quit")
+    assert "learning_rate: 0.0003" in (workdir / "config.yaml").read_text()
+
+
+class RefusingEngine(FakeEngine):
+    """An engine whose train job fails before the first update (as a run on bad data does)."""
+
+    def _train(self, command: P.Train) -> None:
+        self._emit(P.State(state="loading"))
+        self._emit(P.Error(message="data/train.jsonl:3: the last message is from 'user', not the assistant.",
+                           code="input"))
+        self._emit(P.Done(status="failed", summary={"error": "bad data"}))
+        self._emit(P.Finished(command="train", status="failed"))
+        self._emit(P.State(state="idle"))
+
+
+async def test_a_run_that_fails_before_its_first_update_does_not_stay_loading(app_factory):
+    app = app_factory(lambda role: RefusingEngine(role))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3", "s")
+        await wait_for(pilot, lambda: app.train_tab.state == "failed", "the failure")
+        assert text_of(app, "#progress-text") == " did not start: see why above"
+        assert "data/train.jsonl:3:" in text_of(app, "#train-error")
+
+
+async def test_settings_with_a_few_values_are_pick_lists(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        tab = app.config_tab
+        await wait_for(pilot, lambda: tab.fields_mounted, "the settings")
+        picks = {key for key, field in tab.fields.items() if isinstance(field.editor, Select)}
+        assert picks == {"fine_tune_type", "base_dtype", "optimizer", "lr_schedule", "best_by"}
+        optimizer = tab.fields["optimizer"].editor
+        assert [str(o[0]) for o in optimizer._options] == ["adam", "adamw", "sgd", "adafactor"]
+        optimizer.value = "adamw"
+        await wait_for(pilot, lambda: tab.resolved()[0]["optimizer"] == "adamw", "the choice to count")
+        tab.set_values({"lr_schedule": {"name": "cosine_decay", "arguments": [1e-4, 100]}}, replace=False)
+        await wait_for(pilot, lambda: isinstance(tab.fields["lr_schedule"].editor, Input), "a typed field")
+        assert tab.fields["lr_schedule"].editor.is_mounted  # mlx-lm's form is typed, not picked
+        assert tab.resolved()[0]["lr_schedule"]["name"] == "cosine_decay"
+
+
+async def test_the_keys_screen_reaches_its_last_row_on_a_small_terminal(app_factory):
+    app = app_factory()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f3", "question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), "the keys screen")
+        table = app.screen.query_one(DataTable)
+        assert table.has_focus and table.row_count > table.size.height  # more rows than fit
+        await pilot.press("pagedown", "pagedown", "pagedown")
+        await pilot.pause()
+        assert table.scroll_y == table.max_scroll_y > 0  # the last rows are on screen
+        assert table.cursor_row == table.row_count - 1
+
+
+async def test_a_run_is_deleted_only_when_asked_and_never_while_it_trains(app_factory, workdir):
+    checkpoints = workdir / "checkpoints"
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        tab = app.train_tab
+        assert [r.name for r in tab.runs] == ["run-20250430-180000", "run-20250430-090000"]
+        tab.query_one("#runs", DataTable).focus()
+        await pilot.press("d")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "Delete run-20250430-180000?",
+                       "the question")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert (checkpoints / "run-20250430-180000").is_dir()  # not asked twice, not deleted
+        await pilot.press("d")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "").startswith("Delete"), "the question")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: not (checkpoints / "run-20250430-180000").exists(), "the deletion")
+        assert [r.name for r in tab.runs] == ["run-20250430-090000"]
+        # a folder some process trains is refused
+        from farense_core.rundir import RunDir, RunLock
+
+        with RunLock(RunDir(checkpoints / "run-20250430-090000")):
+            await pilot.press("d")
+            await pilot.pause()
+            assert not hasattr(app.screen, "title_text")
+        assert (checkpoints / "run-20250430-090000").is_dir()
+
+
+async def test_quit_while_training_asks_and_stop_says_what_it_waits_for(app_factory):
+    factory = FakeFactory(delay=0.05)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        engine = await start_training(app, pilot, factory)
+        await wait_for(pilot, lambda: app.train_tab.state == "training", "training")
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await pilot.press("escape")  # cancel: nothing happens
+        await pilot.pause()
+        assert app.is_running and app.train_tab.busy and not engine.sent_of(P.Stop)
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await pilot.press("s")
+        said = "saving a checkpoint; the app quits once the run has stopped"
+        await wait_for(pilot, lambda: engine.sent_of(P.Stop) and said in text_of(app, "#train-state"), "the stop")
+        await wait_for(pilot, lambda: not app.is_running, "the app to quit once the run stopped")

@@ -164,3 +164,45 @@ def test_quit_to_the_background_and_come_back_in_tmux(tmp_path, tiny_model):
         second.kill()
     events = next((tmp_path / "checkpoints").glob("run-*/events.jsonl")).read_text()
     assert events.count('"type":"done"') == 1 and '"status":"stopped"' in events
+
+
+def test_a_short_run_stopped_before_validation_can_be_chatted_with_in_tmux(tmp_path, tiny_model):
+    """Train, stop before the first validation (no adapters/, no final/), then chat with what it
+    learned: the Chat tab offers the run's newest checkpoint."""
+    from tiny_model import write_chat_data
+
+    data = write_chat_data(tmp_path / "data")
+    cfg, _ = C.validate({
+        "model": str(tiny_model), "data": str(data), "iters": 100000, "batch_size": 2, "steps_per_eval": 100000,
+        "steps_per_report": 5, "save_every": 5, "keep_checkpoints": 2, "num_layers": 2,
+        "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
+    })
+    C.save_yaml(cfg, tmp_path / "config.yaml")
+    tmux = Tmux(f"farense-chat-{os.getpid()}")
+    tmux.start([str(APP)], tmp_path, {
+        "FARENSE_TUI_CONFIG": str(tmp_path / "config.yaml"), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
+        "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
+
+    def updates(s: str) -> int:
+        found = re.findall(r"update (\d+)/100000", s)
+        return max(map(int, found)) if found else 0
+
+    try:
+        tmux.wait(lambda s: "Run preflight" in s, "the first frame")
+        tmux.keys("F3")
+        tmux.wait(lambda s: "Start (s)" in s, "the Train tab")
+        tmux.keys("s")
+        tmux.wait(lambda s: updates(s) >= 6, "a checkpoint's worth of training", timeout=240)
+        tmux.keys("x")
+        tmux.wait(lambda s: "engine: stopped" in s, "the stop", timeout=60)
+        run = next((tmp_path / "checkpoints").glob("run-*"))
+        assert not (run / "adapters").exists() and not (run / "final").exists()  # stopped before validation
+        tmux.keys("F5")
+        tmux.wait(lambda s: run.name in s, "the Chat tab offering the stopped run")
+        tmux.keys("Quem fundou o Farense?", "Enter")
+        done = tmux.wait(lambda s: "Reply done:" in s or "rror" in s, "a reply from the checkpoint", timeout=120)
+        assert "Reply done:" in done, done
+        tmux.keys("C-q")
+        assert tmux.gone(30), "ctrl+q did not quit the app"
+    finally:
+        tmux.kill()

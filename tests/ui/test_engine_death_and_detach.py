@@ -105,7 +105,8 @@ async def test_quit_to_the_background_then_the_next_app_follows_and_stops_the_ru
         await pilot.press("f3", "s")
         await wait_for(pilot, lambda: updates(app) >= 3, "training", 120)
         await pilot.press("ctrl+q")
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "QuitScreen", "the quit question")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.",
+                       "the quit question")
         await pilot.press("b")
         await wait_for(pilot, lambda: not app.is_running, "the app to quit", 30)
     run = the_run(tmp_path)

@@ -1,4 +1,4 @@
-"""Snapshot tests of each tab at 120x40, driven by the fake engine's recorded streams.
+"""Snapshot tests of each tab at 120x40 and at 80x24, driven by the fake engine's recorded streams.
 
 The clock, theme and paths are pinned (the app runs in a temporary folder with relative paths);
 cursors do not blink and notifications are cleared before the picture is taken.
@@ -17,6 +17,11 @@ import pytest
 pytestmark = pytest.mark.slow  # rendering the app
 
 
+@pytest.fixture(params=[SIZE, (80, 24)], ids=["120x40", "80x24"])
+def size(request) -> tuple[int, int]:
+    return request.param
+
+
 async def settle(pilot) -> None:
     app = pilot.app
     for field in app.query(Input):
@@ -25,17 +30,17 @@ async def settle(pilot) -> None:
     await pilot.pause()
 
 
-def test_preflight_tab(snap_compare, app_factory):
+def test_preflight_tab(snap_compare, app_factory, size):
     async def run_before(pilot):
         app = pilot.app
         await pilot.press("r")
         await wait_for(pilot, lambda: app.preflight_tab.recommended is not None, "preflight_done")
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=size, run_before=run_before)
 
 
-def test_config_tab(snap_compare, app_factory):
+def test_config_tab(snap_compare, app_factory, size):
     async def run_before(pilot):
         app = pilot.app
         await pilot.press("f2")
@@ -45,7 +50,7 @@ def test_config_tab(snap_compare, app_factory):
         app.config_tab.fields["warmup_steps"].scroll_visible(animate=False)
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=size, run_before=run_before)
 
 
 async def _train_to_the_end(pilot) -> None:
@@ -54,25 +59,25 @@ async def _train_to_the_end(pilot) -> None:
     await wait_for(pilot, lambda: app.train_tab.state == "completed", "the run to complete")
 
 
-def test_train_tab(snap_compare, app_factory):
+def test_train_tab(snap_compare, app_factory, size):
     async def run_before(pilot):
         await _train_to_the_end(pilot)
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=size, run_before=run_before)
 
 
-def test_train_tab_engine_crash(snap_compare, app_factory):
+def test_train_tab_engine_crash(snap_compare, app_factory, size):
     async def run_before(pilot):
         app = pilot.app
         await pilot.press("f3", "s")
         await wait_for(pilot, lambda: app.train_tab.state == "exited", "the crash")
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory(crash_after=25)), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory(crash_after=25)), terminal_size=size, run_before=run_before)
 
 
-def test_monitor_tab(snap_compare, app_factory):
+def test_monitor_tab(snap_compare, app_factory, size):
     async def run_before(pilot):
         app = pilot.app
         await _train_to_the_end(pilot)
@@ -82,10 +87,10 @@ def test_monitor_tab(snap_compare, app_factory):
         await wait_for(pilot, lambda: all(p._has_data for p in app.query(MetricPlot)), "the plots")
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=size, run_before=run_before)
 
 
-def test_chat_tab_compare(snap_compare, app_factory):
+def test_chat_tab_compare(snap_compare, app_factory, size):
     async def run_before(pilot):
         app = pilot.app
         await pilot.press("f5")
@@ -96,12 +101,12 @@ def test_chat_tab_compare(snap_compare, app_factory):
         await wait_for(pilot, lambda: app.chat_tab.current is None and not app.chat_tab.pending, "both replies")
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=size, run_before=run_before)
 
 
-def test_help_screen(snap_compare, app_factory):
+def test_help_screen(snap_compare, app_factory, size):
     async def run_before(pilot):
         await pilot.press("f3", "question_mark")
         await settle(pilot)
 
-    assert snap_compare(app_factory(FakeFactory()), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_factory(FakeFactory()), terminal_size=size, run_before=run_before)
