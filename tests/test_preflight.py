@@ -143,7 +143,8 @@ def test_hardware_checks_on_faked_machines():
                             "metal gpu")
     assert all(c.status == "pass" for c in mac)
     assert "Apple M1 Pro (Apple Silicon)" in next(c for c in mac if c.name == "chip").detail
-    assert "8 GB tier" in next(c for c in mac if c.name == "memory").detail
+    assert ("(the 8 GB tier: the presets for machines of at least 8 GB start the recommendation)"
+            in next(c for c in mac if c.name == "memory").detail)  # why a 16 GB Mac is "8 GB": what it has free
 
     small = statuses(CK.check_hardware(machine(5), "cpu"))
     assert small["memory"] == "warn"

@@ -259,7 +259,8 @@ def check_hardware(hw: Hardware, backend: str = "cpu") -> list[P.Check]:
     tier = tier_for(hw.memory_budget)
     mem = (f"{gb(hw.memory_available)} available of {gb(hw.memory_total)}"
            + (f", Metal working set {gb(hw.metal_working_set)}" if hw.metal_working_set else "")
-           + f" (the {tier.name} tier)")
+           + (f" (the {tier.name} tier: the presets for machines of at least {tier.min_gb} GB start the "
+              f"recommendation)" if tier.min_gb else f" (the {tier.name} tier)"))
     data = dict(total=hw.memory_total, available=hw.memory_available, budget=hw.memory_budget,
                 metal_working_set=hw.metal_working_set, tier=tier.name)
     if hw.memory_budget < 2 * GB:

@@ -92,7 +92,7 @@ class MonitorTab(TabPane):
             MetricPlot("recall (share of answers)", [Line("recall_trained", "trained", "green"),
                                                      Line("recall_paraphrase", "paraphrase", "yellow"),
                                                      Line("token_accuracy", "tokens", "cyan", "dot")],
-                       id="plot-recall"),
+                       id="plot-recall", waiting_for="the first validation (steps_per_eval)"),
             MetricPlot("learning rate", [Line("learning_rate", "lr", "magenta")], id="plot-lr"),
             MetricPlot("memory (GB)", [Line("mlx_active", "MLX active", "blue"), Line("mlx_peak", "MLX peak", "red"),
                                        Line("rss", "RSS", "yellow")], id="plot-memory"),

@@ -27,9 +27,11 @@ class MetricPlot(PlotextPlot):
     MetricPlot { height: 1fr; width: 1fr; min-height: 6; }
     """
 
-    def __init__(self, title: str, lines: list[Line], *, ylabel: str = "", id: str | None = None):
+    def __init__(self, title: str, lines: list[Line], *, ylabel: str = "", id: str | None = None,
+                 waiting_for: str = "the first update"):
         super().__init__(id=id)
         self.title = title
+        self.waiting_for = waiting_for  # what brings its first point
         self.lines = lines
         self.ylabel = ylabel
         self._has_data = False
@@ -61,7 +63,7 @@ class MetricPlot(PlotextPlot):
 
     def render(self):
         if not self._has_data:
-            return Text(f"{self.title}: waiting for the first update", style="dim")
+            return Text(f"{self.title}: waiting for {self.waiting_for}", style="dim")
         try:
             return super().render()
         except Exception as e:  # noqa: BLE001 - plotext can fail on odd sizes; say so instead of crashing
