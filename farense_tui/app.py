@@ -231,7 +231,7 @@ class FarenseApp(App):
         if config.dirty:
             self.push_screen(ChoiceScreen(
                 "The Config tab has unsaved changes.",
-                f"Save them to {config.path()} (the next start loads that file), or quit without them.",
+                f"Save them to {config.path()} (its comments and other keys are kept), or quit without them.",
                 [Choice("s", "Save and quit", "save", "primary"), Choice("q", "Quit without saving", "discard",
                                                                            "error")]),
                 self._config_answered)

@@ -56,7 +56,7 @@ class TrainTab(TabPane):
     }
     TrainTab #train-error.-visible { display: block; }
     TrainTab #train-lower { margin-top: 1; }
-    TrainTab #runs-box { width: 54; padding-left: 1; }
+    TrainTab #runs-box { width: 62; padding-left: 1; }
     TrainTab #runs { height: 1fr; }
     TrainTab .caption { text-style: bold; color: $accent; }
     TrainTab .hint { color: $text-muted; }

@@ -61,12 +61,21 @@ async def test_function_keys_switch_tabs_even_from_an_input(app_factory):
         assert prompt.value == "hi"  # the function key did not type into the input
 
 
-async def test_footer_shows_the_tab_keys(app_factory):
+async def test_the_tab_labels_show_their_keys_and_the_footer_fits_80_columns(app_factory):
+    from textual.widgets import Tab
+
     app = app_factory()
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        keys = {b.key for _, b, enabled, _ in app.screen.active_bindings.values() if b.show}
-        assert {"f1", "f2", "f3", "f4", "f5", "ctrl+q"} <= keys
+        labels = [str(t.label) for t in app.query(Tab)]
+        assert labels == ["F1 Preflight", "F2 Config", "F3 Train", "F4 Monitor", "F5 Chat"]
+        shown = {b.key for _, b, enabled, _ in app.screen.active_bindings.values() if b.show}
+        assert "ctrl+q" in shown and not {"f1", "f2", "f3", "f4", "f5"} & shown  # in the labels instead
+        for key in ("f1", "f2", "f3", "f4", "f5"):  # the footer's key list never overflows (stray characters)
+            await pilot.press(key)
+            await pilot.pause()
+            footer = app.screen.query_one("Footer")
+            assert footer.virtual_size.width <= footer.size.width, key
 
 
 async def test_help_screen_lists_every_key(app_factory):
