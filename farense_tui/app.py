@@ -142,6 +142,7 @@ class FarenseApp(App):
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "chat":
             self.chat_tab.refresh_choices()
+            self.chat_tab.preload()
         elif event.pane.id == "train":
             self.train_tab.refresh_runs()
 

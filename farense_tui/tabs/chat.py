@@ -163,6 +163,12 @@ class ChatTab(TabPane):
     def action_load(self) -> None:
         self._ensure_loaded()
 
+    def preload(self) -> None:
+        """Load the chosen model in the background as the tab opens, so the first reply starts at once
+        (a later choice is sent after it; the engine runs commands in turn)."""
+        if self.loaded is None and self.query_one("#chat-model", Input).value.strip():
+            self._ensure_loaded()
+
     @on(Button.Pressed, "#chat-load")
     def _load_pressed(self) -> None:
         self.action_load()

@@ -575,7 +575,8 @@ async def test_the_adapter_chosen_stays_chosen_and_the_system_prompt_is_sent(app
         await send_prompt(pilot, app, "Quem fundou o Farense?")
         await wait_for(pilot, lambda: app.chat_tab.current is None and not app.chat_tab.pending, "the reply")
         engine = factory.last("chat")
-        assert [load.adapter for load in engine.sent_of(P.ChatLoad)] == [None]
+        loads = engine.sent_of(P.ChatLoad) + engine.sent_of(P.ChatAdapter)
+        assert loads[-1].adapter is None  # the base model answered
         assert [c.system for c in engine.sent_of(P.Chat)] == ["Responde em português."] * 2
         replies = [m for m in app.query(ChatMessage) if m.has_class("reply")]
         assert [r.border_title for r in replies] == ["assistant", "assistant"]  # never "base + adapter"
@@ -694,7 +695,7 @@ async def test_chat_sampler_values_are_checked(app_factory, factory):
         app.query_one("#sampler-temperature", Input).value = "hot"
         await send_prompt(pilot, app, "Olá")
         assert text_of(app, "#chat-status") == "temperature is 'hot', but it must be 0 (greedy) or more."
-        assert not factory.engines
+        assert not [e for e in factory.engines if e.sent_of(P.Chat)]  # nothing was sent (the model preloads)
         # the engine's own rules: 0 turns top-p off, a penalty under 1 is a weak one; both are sent as they are
         app.query_one("#sampler-temperature", Input).value = "0.7"
         app.query_one("#sampler-top_p", Input).value = "0"
@@ -867,3 +868,16 @@ async def test_quit_while_training_asks_and_stop_says_what_it_waits_for(app_fact
         said = "saving a checkpoint; the app quits once the run has stopped"
         await wait_for(pilot, lambda: engine.sent_of(P.Stop) and said in text_of(app, "#train-state"), "the stop")
         await wait_for(pilot, lambda: not app.is_running, "the app to quit once the run stopped")
+
+
+async def test_the_chat_tab_loads_the_model_as_it_opens(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        assert not factory.engines
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: factory.engines and factory.last("chat").sent_of(P.ChatLoad), "the preload")
+        load = factory.last("chat").sent_of(P.ChatLoad)[0]
+        assert (load.model, Path(load.adapter).name) == ("models/tiny-llama", "adapters")  # the newest run's
+        await pilot.press("f1", "f5")  # coming back loads nothing again
+        await pilot.pause()
+        assert len(factory.last("chat").sent_of(P.ChatLoad)) == 1 and len(factory.engines) == 1

@@ -1,0 +1,115 @@
+"""What a user waits for in the app: the first frame, and the first token of the first reply.
+
+    python bench/bench_ui.py [--repeats 5] [--busy]
+
+- First frame: ``farense-tui`` started in a 120x40 tmux session, timed until the Preflight tab is on the
+  screen (the screen is read every 10 ms). With ``--busy``, two processes spin on both cores meanwhile.
+- First token: the app run headless with the real engine and the embedded default model; F5 opens the
+  Chat tab (which loads the model in the background), and once it is loaded, the time from Enter to
+  the first token on screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+APP = Path(sys.executable).parent / "farense-tui"
+
+
+def spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+def first_frame(busy: bool) -> float:
+    name = f"bench-ui-{os.getpid()}"
+    stop = multiprocessing.Event()
+    spinners = [multiprocessing.Process(target=spin, args=(stop,)) for _ in range(os.cpu_count() or 2)] if busy else []
+    for p in spinners:
+        p.start()
+    try:
+        tic = time.perf_counter()
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", str(ROOT),
+                        "-e", "COLUMNS=120", "-e", "LINES=40", str(APP), "--config", "configs/farense.yaml"],
+                       check=True)
+        while True:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True,
+                                    text=True).stdout
+            if "Run preflight (r)" in screen:
+                return time.perf_counter() - tic
+            if time.perf_counter() - tic > 60:
+                raise SystemExit(f"no first frame after 60 s:\n{screen}")
+            time.sleep(0.01)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        stop.set()
+        for p in spinners:
+            p.join()
+
+
+async def first_token() -> tuple[float, float]:
+    """(seconds from F5 to the model loaded, seconds from Enter to the first token on screen)."""
+    from farense_core import protocol as P
+    from farense_tui.app import make_app
+    from farense_tui.messages import EngineEvent, ReplyProgress
+
+    seen: dict[str, float] = {}
+
+    def hook(message) -> None:
+        if isinstance(message, ReplyProgress) and "token" not in seen:
+            seen["token"] = time.perf_counter()
+        if isinstance(message, EngineEvent) and isinstance(message.event, P.ChatLoaded):
+            seen["loaded"] = time.perf_counter()
+
+    app = make_app(config_path=ROOT / "configs" / "farense.yaml", checkpoints_dir="/nonexistent-runs")
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        tic = time.perf_counter()
+        await pilot.press("f5")
+        while "loaded" not in seen:
+            await pilot.pause(0.01)
+        prompt = app.query_one("#prompt")
+        prompt.value = "Em que ano foi fundado o Farense?"
+        enter = time.perf_counter()
+        await pilot.press("enter")
+        while "token" not in seen:
+            await pilot.pause(0.005)
+        app.chat_tab.action_stop_reply()
+        return seen["loaded"] - tic, seen["token"] - enter
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    if shutil.which("tmux") is None:
+        raise SystemExit("tmux is needed for the first-frame figure")
+    first_frame(False)  # warm the file cache
+    idle = [first_frame(False) for _ in range(args.repeats)]
+    busy = [first_frame(True) for _ in range(args.repeats)]
+    tokens = [asyncio.run(first_token()) for _ in range(max(2, args.repeats // 2))]
+    print(f"\napp waits, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), {datetime.date.today()}, "
+          f"median (max) of {args.repeats}")
+    print(f"first frame, idle machine           {statistics.median(idle):5.2f} s ({max(idle):.2f})")
+    print(f"first frame, both cores busy        {statistics.median(busy):5.2f} s ({max(busy):.2f})")
+    print(f"Chat tab: F5 to the model loaded    {statistics.median(t[0] for t in tokens):5.2f} s")
+    print(f"Chat tab: Enter to the first token  {statistics.median(t[1] for t in tokens):5.2f} s "
+          f"({max(t[1] for t in tokens):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
