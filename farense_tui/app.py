@@ -273,8 +273,7 @@ class FarenseApp(App):
 
     async def _quit(self) -> None:
         if self.train_tab.busy:
-            self.train_tab.quitting = True
-            self.train_tab._set_state("stopping")
+            self.train_tab.quit_when_stopped()
             self.notify("Stopping the run: it saves a checkpoint, then the app quits…", timeout=30)
             self.session.links["train"].send(P.Stop())
             await asyncio.sleep(0)  # let the notice show before the wait

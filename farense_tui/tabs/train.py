@@ -160,6 +160,11 @@ class TrainTab(TabPane):
         self.post_message(TrainingStarted(history))
         return True
 
+    def quit_when_stopped(self) -> None:
+        """The app quits once the run has stopped: say so until then."""
+        self.quitting = True
+        self._set_state("stopping")
+
     def detach(self) -> bool:
         """Leave the run training in the background (the app is quitting)."""
         return self.busy and self.session.links["train"].detach()
