@@ -33,7 +33,8 @@ def text_of(app, selector: str) -> str:
 
 
 def log_text(app) -> str:
-    return "\n".join(line.text for line in app.query_one(EventLog).lines)
+    """The event log's text, its wrapped lines joined (where a line wraps depends on the log's width)."""
+    return re.sub(r"\s+", " ", " ".join(line.text for line in app.query_one(EventLog).lines))
 
 
 async def start_training(app, pilot, factory) -> FakeEngine:

@@ -13,11 +13,13 @@ pytestmark = pytest.mark.slow  # fresh interpreters
 
 NO_MLX = r"""
 import asyncio, sys
+sys.path.insert(0, UI_TESTS)
 import farense_tui.cli, farense_tui.engine_client
 from farense_tui.app import make_app
+from fake_engine import FakeEngine
 
 async def main():
-    app = make_app(engine_factory=lambda role: None)  # no engine: the tabs only
+    app = make_app(engine_factory=FakeEngine)  # the replaying fake: the Chat tab starts an engine as it opens
     async with app.run_test(size=(120, 40)) as pilot:
         for key in ("f2", "f3", "f4", "f5", "question_mark"):
             await pilot.press(key)
@@ -47,7 +49,10 @@ def run_python(code: str, cwd) -> str:
 
 
 def test_the_app_never_imports_mlx(tmp_path):
-    assert "MLX []" in run_python(NO_MLX, tmp_path)
+    from pathlib import Path
+
+    ui_tests = repr(str(Path(__file__).resolve().parent))
+    assert "MLX []" in run_python(NO_MLX.replace("UI_TESTS", ui_tests), tmp_path)
 
 
 def test_first_frame_is_quick(tmp_path):
