@@ -85,7 +85,7 @@ class ChatTab(TabPane):
                     id="chat-system", compact=True)
         with Horizontal():
             with Vertical():
-                yield Static("Type a question and press enter; the model loads on the first message.",
+                yield Static("Type a question and press enter; the model loads as the tab opens.",
                              id="chat-status")
                 yield ChatLog(id="chat-log")
                 yield Input(placeholder="Ask about SC Farense… (enter sends, escape stops the reply)", id="prompt")
