@@ -22,6 +22,7 @@ from farense_core.rundir import RunDir, checkpoint_update, lock_holder
 
 from ..attach import AttachedEngine, NotAttachable
 from ..widgets.choice_screen import Choice, ChoiceScreen
+from ..widgets.name_screen import NameScreen
 from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
 from farense_core.format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
@@ -41,6 +42,7 @@ class TrainTab(TabPane):
         Binding("r", "resume_run", "Resume run", show=False),  # the runs list's hint shows these two
         Binding("o", "open_run", "Open in Monitor", show=False),
         Binding("d", "delete_run", "Delete run", show=False),
+        Binding("n", "rename_run", "Rename run", show=False),
     ]
 
     DEFAULT_CSS = """
@@ -59,7 +61,7 @@ class TrainTab(TabPane):
     TrainTab #runs-box { width: 62; padding-left: 1; }
     TrainTab #runs { height: 1fr; }
     TrainTab .caption { text-style: bold; color: $accent; }
-    TrainTab .hint { color: $text-muted; }
+    TrainTab .hint { color: $text-muted; width: 100%; height: auto; }
     """
 
     def __init__(self, session: Session) -> None:
@@ -93,7 +95,7 @@ class TrainTab(TabPane):
                 table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
                 table.add_columns("run", "status", "update", "recall", "best val")
                 yield table
-                yield Label("r resume the selected run · o open it in Monitor · d delete it", classes="hint")
+                yield Label("r resume · o open in Monitor · n rename · d delete", classes="hint")
 
     def on_mount(self) -> None:
         self.refresh_runs()
@@ -206,14 +208,45 @@ class TrainTab(TabPane):
             return
         self.post_message(OpenRun(str(run.path)))
 
-    def action_delete_run(self) -> None:
+    def _idle_run(self, what: str) -> Optional[RunInfo]:
+        """The selected run, if nothing trains it now (else a notice and None)."""
         run = self.selected_run()
         if run is None:
-            self.app.notify("There is no run in the checkpoints folder to delete.", severity="warning")
-            return
-        holder = lock_holder(RunDir(run.path))
-        if holder is not None or (self.busy and self.run_dir and Path(self.run_dir).resolve() == run.path.resolve()):
+            self.app.notify(f"There is no run in the checkpoints folder to {what}.", severity="warning")
+            return None
+        live = self.busy and self.run_dir and Path(self.run_dir).resolve() == run.path.resolve()
+        if live or lock_holder(RunDir(run.path)) is not None:
             self.app.notify(f"{run.name} is training now; stop it first (x).", severity="warning")
+            return None
+        return run
+
+    def action_rename_run(self) -> None:
+        run = self._idle_run("rename")
+        if run is not None:
+            self.app.push_screen(NameScreen(f"Rename {run.name} to:", run.name),
+                                 lambda name: self._rename(run, name))
+
+    def _rename(self, run: RunInfo, name: Optional[str]) -> None:
+        if not name or name == run.name:
+            return
+        target = run.path.with_name(name)
+        if "/" in name or name in (".", ".."):
+            self.app.notify(f"{name!r} is not a folder name; use letters, digits, - and _.", severity="error")
+        elif target.exists():
+            self.app.notify(f"{target} already exists; choose another name.", severity="error")
+        else:
+            try:
+                run.path.rename(target)
+            except OSError as e:
+                self.app.notify(f"{run.name} could not be renamed ({e.strerror}).", severity="error")
+                return
+            self.refresh_runs()
+            self._select_run(str(target))
+            self.app.notify(f"Renamed {run.name} to {name}.", title="Train")
+
+    def action_delete_run(self) -> None:
+        run = self._idle_run("delete")
+        if run is None:
             return
         files = [p for p in run.path.rglob("*") if p.is_file()]
         self.app.push_screen(

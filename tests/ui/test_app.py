@@ -882,3 +882,27 @@ async def test_the_chat_tab_loads_the_model_as_it_opens(app_factory, factory):
         await pilot.press("f1", "f5")  # coming back loads nothing again
         await pilot.pause()
         assert len(factory.last("chat").sent_of(P.ChatLoad)) == 1 and len(factory.engines) == 1
+
+
+async def test_a_run_can_be_renamed_to_a_free_name(app_factory, workdir):
+    checkpoints = workdir / "checkpoints"
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        tab = app.train_tab
+        tab.query_one("#runs", DataTable).focus()
+        await pilot.press("n")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "Rename run-20250430-180000 to:",
+                       "the name question")
+        app.screen.query_one(Input).value = "run-20250430-090000"  # taken
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (checkpoints / "run-20250430-180000").is_dir()
+        await pilot.press("n")
+        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "").startswith("Rename"), "the question")
+        app.screen.query_one(Input).value = "farense-full-12-epochs"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (checkpoints / "farense-full-12-epochs").is_dir(), "the rename")
+        assert not (checkpoints / "run-20250430-180000").exists()
+        assert [r.name for r in tab.runs] == ["farense-full-12-epochs", "run-20250430-090000"]
+        assert tab.selected_run().name == "farense-full-12-epochs"
