@@ -21,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +34,55 @@ APP = Path(sys.executable).parent / "farense-tui"
 def spin(stop) -> None:
     while not stop.is_set():
         pass
+
+
+def capture(name: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+
+
+def keys_while_training(samples: int) -> tuple[list[float], float]:
+    """Key-to-screen latency (F2/F3 switching tabs, until the new tab's text is on the terminal) while the
+    app trains the default Farense config at full speed, and the UI process's share of a core meanwhile."""
+    import psutil
+
+    name = f"bench-keys-{os.getpid()}"
+    runs = Path(tempfile.mkdtemp(prefix="bench-ui-runs-"))
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", str(ROOT),
+                    "-e", "COLUMNS=120", "-e", "LINES=40", str(APP), "--config", "configs/farense.yaml",
+                    "--checkpoints", str(runs)], check=True)
+    try:
+        wait_for_text(name, "Run preflight (r)")
+        subprocess.run(["tmux", "send-keys", "-t", name, "F3"])
+        wait_for_text(name, "Start (s)")
+        subprocess.run(["tmux", "send-keys", "-t", name, "s"])
+        wait_for_text(name, "update 1/", timeout=600)  # the engine trains
+        pane_pid = int(subprocess.run(["tmux", "display", "-p", "-t", name, "#{pane_pid}"], capture_output=True,
+                                      text=True).stdout.strip())
+        ui = psutil.Process(pane_pid)
+        cpu0, wall0 = sum(ui.cpu_times()[:2]), time.perf_counter()
+        latencies = []
+        for i in range(samples):
+            key, marker = ("F2", "Effective batch size") if i % 2 == 0 else ("F3", "Runs in the checkpoints folder")
+            tic = time.perf_counter()
+            subprocess.run(["tmux", "send-keys", "-t", name, key])
+            wait_for_text(name, marker, poll=0.002)
+            latencies.append(time.perf_counter() - tic)
+            time.sleep(0.2)
+        share = (sum(ui.cpu_times()[:2]) - cpu0) / (time.perf_counter() - wall0)
+        subprocess.run(["tmux", "send-keys", "-t", name, "x"])
+        wait_for_text(name, "engine: stopped", timeout=120)
+        return latencies, share
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+def wait_for_text(name: str, text: str, timeout: float = 60.0, poll: float = 0.01) -> None:
+    deadline = time.perf_counter() + timeout
+    while text not in capture(name):
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{text!r} not on screen after {timeout} s:\n{capture(name)}")
+        time.sleep(poll)
 
 
 def first_frame(busy: bool) -> float:
@@ -94,7 +144,14 @@ async def first_token() -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--keys", type=int, default=0, help="also time this many tab switches while training")
     args = ap.parse_args()
+    if args.keys:
+        latencies, share = keys_while_training(args.keys)
+        latencies.sort()
+        print(f"key to screen while training ({len(latencies)} F2/F3 switches, tmux polled every 2 ms): "
+              f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1000:.0f} "
+              f"ms, max {latencies[-1] * 1000:.0f} ms; UI process {share:.0%} of a core")
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed for the first-frame figure")
     first_frame(False)  # warm the file cache
