@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, tty: Optional[bool] = None) -> int:
     if args.stop:
         if not engine.send(P.Stop()):
             print(f"farense-tui: the training process (pid {engine.pid}) could not be signalled; it may have just "
-                  f"ended.", file=sys.stderr)
+                  f"ended: run 'farense-tui attach {args.run_dir}' to see how it ended.", file=sys.stderr)
             return 1
         view.progress.line(f"stopping: the run (pid {engine.pid}) saves a checkpoint, then ends...")
 
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace, tty: Optional[bool] = None) -> int:
         print(f"left {args.run_dir} training in the background; 'farense-tui attach {args.run_dir} --stop' stops it")
         return 0
     print(f"farense-tui: {engine.crash_report()}", file=sys.stderr)
+    print(f"farense-tui: continue from its newest checkpoint with 'farense-tui train --run-dir {args.run_dir} "
+          f"--resume'", file=sys.stderr)
     return 1
 
 

@@ -238,7 +238,8 @@ class TrainTab(TabPane):
             try:
                 run.path.rename(target)
             except OSError as e:
-                self.app.notify(f"{run.name} could not be renamed ({e.strerror}).", severity="error")
+                self.app.notify(f"{run.name} could not be renamed ({e.strerror}); check that you may write to "
+                                f"{run.path.parent}.", severity="error")
                 return
             self.refresh_runs()
             self._select_run(str(target))
