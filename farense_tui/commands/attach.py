@@ -32,7 +32,8 @@ def run(args: argparse.Namespace, tty: Optional[bool] = None) -> int:
     if args.stop:
         if not engine.send(P.Stop()):
             print(f"farense-tui: the training process (pid {engine.pid}) could not be signalled; it may have just "
-                  f"ended: run 'farense-tui attach {args.run_dir}' to see how it ended.", file=sys.stderr)
+                  f"ended: its events.jsonl says how; 'farense-tui train --run-dir {args.run_dir} --resume' continues it.",
+                  file=sys.stderr)
             return 1
         view.progress.line(f"stopping: the run (pid {engine.pid}) saves a checkpoint, then ends...")
 
