@@ -28,16 +28,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 from farense_tui.engine_client import engine_env  # noqa: E402
 
 
-def mixed_data(folder: Path, n: int, seed: int = 0) -> Path:
-    """Short Farense Q&A from the committed data set, and long answers made of several of them."""
+def mixed_data(folder: Path, n: int, seed: int = 0, equal: bool = False) -> Path:
+    """Short Farense Q&A from the committed data set, and long answers made of several of them; with
+    ``equal``, only answers longer than any max_seq_length benched (all cut to the same length)."""
     rows = [json.loads(line) for line in (ROOT / "data" / "train.jsonl").read_text().splitlines()]
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        if i % 2 == 0:
+        if i % 2 == 0 and not equal:
             out.append(rng.choice(rows))
         else:
-            parts = rng.sample(rows, rng.randint(4, 9))
+            parts = rng.sample(rows, rng.randint(40, 50) if equal else rng.randint(4, 9))
             out.append({"messages": [
                 {"role": "user", "content": "Conta-me tudo sobre estes jogos do Farense."},
                 {"role": "assistant", "content": " ".join(p["messages"][-1]["content"] for p in parts)},
@@ -104,6 +105,7 @@ def main() -> int:
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--keep-dtype", action="store_true", help="train on the base as stored (no float32)")
+    ap.add_argument("--equal", action="store_true", help="every sample cut to max_seq_length (no padding for anyone)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
 
@@ -134,7 +136,7 @@ def main() -> int:
         cfg.pop("quantization_config", None)
         save(f32, model, m, tok, cfg)
         model = str(f32)
-    data = mixed_data(work / "data", args.samples)
+    data = mixed_data(work / "data", args.samples, equal=args.equal)
 
     results = {"ours": [], "mlx_lm.lora": []}
     for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both
@@ -156,7 +158,7 @@ def main() -> int:
         ("wall time incl. load (s)", f"{peer['wall']:.1f}", f"{ours['wall']:.1f}", ""),
     ]
     head = (f"{datetime.date.today()} {platform.machine()} {platform.system()} | model {args.model} | "
-            f"{samples} samples (half long answers), batch {args.batch_size}, {args.num_layers} layers, "
+            f"{samples} samples ({'all cut to max_seq_length' if args.equal else 'half long answers'}), batch {args.batch_size}, {args.num_layers} layers, "
             f"max_seq_length {args.max_seq_length}, best of {args.repeats} | our padding efficiency "
             f"{ours['padding_efficiency']:.0%}")
     print(head + " | ratio = mlx_lm.lora time / ours (above 1: ours is faster)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from farense_core import batching
 from farense_core.datafiles import (
     PARAPHRASE_FILE,
     TRAIN_FILE,
@@ -119,13 +120,12 @@ class Recall:
         return self.correct_tokens / self.answer_tokens if self.answer_tokens else 0.0
 
 
-def teacher_forced(model, items: list[ProbeItem], batch_size: int = 8) -> Recall:
-    """One forward pass per batch (similar lengths together): is each answer token the argmax?"""
+def teacher_forced(model, items: list[ProbeItem], batch_size: int = 8, max_tokens: int | None = None) -> Recall:
+    """One forward pass per batch (similar lengths together, at most ``max_tokens`` positions): is each
+    answer token the argmax?"""
     exact = [False] * len(items)
     correct = total = 0
-    order = sorted(range(len(items)), key=lambda i: (items[i].end, i))
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    for batch in batching.budget_batches([it.end - 1 for it in items], batch_size, max_tokens):
         width = max(items[i].end for i in batch)
         arr = np.zeros((len(batch), width), np.int32)
         mask = np.zeros((len(batch), width - 1), np.bool_)

@@ -318,7 +318,10 @@ class Run:
         if not self.probe_items:
             return None
         self.model.eval()
-        result = probes.teacher_forced(self.model, self.probe_items, self.cfg["batch_size"])
+        # no more positions per pass than a training micro-batch: probe answers can be longer than
+        # max_seq_length, and a pass over batch_size of them once took 2.5x the training step's memory
+        result = probes.teacher_forced(self.model, self.probe_items, self.cfg["batch_size"],
+                                       self.cfg["batch_size"] * self.cfg["max_seq_length"])
         self.model.train()
         parts = {}
         for group in ("trained", "paraphrase"):

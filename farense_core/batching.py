@@ -36,6 +36,20 @@ def bucket_updates(lengths: list[int], batch_size: int, accumulation: int = 1) -
             for group in bucket_batches(lengths, batch_size * accumulation)]
 
 
+def budget_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``batch_size`` rows and, when given, at most
+    ``max_tokens`` positions (rows x the batch's longest); a row longer than the budget goes alone. For
+    forward-only passes (the recall probe), so they never hold more positions than a training micro-batch."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < batch_size and (max_tokens is None or (len(out[-1]) + 1) * lengths[i] <= max_tokens):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
 TRAIN_STREAM, VALID_STREAM = 0, 1
 
 

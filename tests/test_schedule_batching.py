@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 
@@ -115,3 +116,17 @@ def test_a_position_in_updates_is_the_same_for_any_split_of_the_batch():
             rest_fine = sum((mb for mb, _ in epoch_micro_batches(fine, 7, epoch)[at_fine:]), [])
             assert rest_coarse == rest_fine
     assert micro_batches_before(fine, 7, 0, len(fine)) == sum(len(u) for u in fine)
+
+
+def test_budget_batches_hold_no_more_positions_than_the_budget_and_lose_no_row():
+    rng = random.Random(3)
+    lengths = [rng.randint(5, 700) for _ in range(200)]
+    batches = batching.budget_batches(lengths, batch_size=8, max_tokens=8 * 64)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) <= 8
+        widest = max(lengths[i] for i in b)
+        assert len(b) * widest <= 8 * 64 or len(b) == 1  # a row over the budget goes alone
+    assert any(len(b) == 8 for b in batches) and any(len(b) == 1 for b in batches)
+    # without a budget: batches of batch_size by length, as before
+    assert batching.budget_batches(lengths, 8) == batching.bucket_batches(lengths, 8)

@@ -268,3 +268,37 @@ def test_resume_with_a_changed_batch_size_warns(tiny_model, tiny_data, tmp_path)
     assert any(w.message.startswith("batch_size was 2 in this run and is 3 now") for w in of(events, P.Warning))
     _, events = train_in_process({}, run, resume=True)  # the run's own config: no such warning
     assert not any("in this run and is" in w.message for w in of(events, P.Warning))
+
+
+def test_the_recall_probe_never_holds_more_positions_than_a_training_micro_batch(tiny_model, tmp_path, monkeypatch):
+    """Probe answers may be longer than max_seq_length; a pass over batch_size of them once took 2.5x the
+    training step's peak memory on a GPU. Every probe pass stays within batch_size x max_seq_length, and
+    the figures are those of unlimited batches."""
+    from engine import recall as probes
+    from engine import trainer
+
+    data = write_chat_data(tmp_path / "data", n_train=12, n_valid=4, seed=5)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    for r in rows[::3]:  # long answers, over max_seq_length once templated
+        r["messages"][-1]["content"] = " ".join([r["messages"][-1]["content"]] * 12)
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shapes, results = [], []
+    original = probes.teacher_forced
+
+    def spied(model, items, batch_size, max_tokens=None):
+        def spy(inputs):
+            shapes.append(inputs.shape)
+            return model(inputs)
+        got = original(spy, items, batch_size, max_tokens)
+        results.append((got, original(model, items, batch_size)))  # the same items without a budget
+        return got
+
+    monkeypatch.setattr(trainer.probes, "teacher_forced", spied)
+    cfg = base_config(tiny_model, data, batch_size=4, max_seq_length=64, iters=2, steps_per_eval=2, eval_samples=12)
+    done, _ = train_in_process(cfg, tmp_path / "run")
+    assert done.status == "completed" and results
+    assert max(w for _, w in shapes) > 64  # the long answers were probed whole
+    assert all(rows * width <= 4 * 64 or rows == 1 for rows, width in shapes)
+    assert any(rows == 1 for rows, _ in shapes) and any(rows > 1 for rows, _ in shapes)
+    for budgeted, unlimited in results:
+        assert budgeted.exact == unlimited.exact and budgeted.correct_tokens == unlimited.correct_tokens
