@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # setuptools prints a box warning about editable installs on every one; it says nothing to act on here
 PIP_QUIET := PYTHONWARNINGS="ignore::Warning"
 
-.PHONY: run test install install-test system-deps default-model clean
+.PHONY: run test test-llama install install-test system-deps default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ run: install default-model
 # the tests train and generate in-process too: with the engine's BLAS (see DEVELOPERS.md), not the reference one
 test: install-test
 	@if [ -e $(OPENBLAS) ]; then export LD_PRELOAD=$(OPENBLAS); fi; $(BIN)/pytest -q
+
+# a real llama.cpp (built from its source: minutes) loads an exported GGUF and answers like our chat
+test-llama: install-test
+	$(PIP_QUIET) $(BIN)/pip install -q -e '.[test,llama]'
+	@if [ -e $(OPENBLAS) ]; then export LD_PRELOAD=$(OPENBLAS); fi; $(BIN)/pytest -q tests/test_export_formats.py -k llama_cpp
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -32,6 +32,7 @@ CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "state.json"
 LOCK_FILE = "run.lock"
 ENGINE_LOG = "engine.log"  # a detached engine's stderr
+ENDPOINT_FILE = "serve.json"  # while `farense-tui serve` serves the run: its URL and process id
 CHECKPOINT_FILES = ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors", STATE_FILE)
 
 

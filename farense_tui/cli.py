@@ -7,6 +7,7 @@ Each subcommand owns its arguments. Those that need MLX run in the engine's proc
 from __future__ import annotations
 
 import importlib
+import signal
 import subprocess
 import sys
 from typing import Optional, Sequence
@@ -22,7 +23,8 @@ SUBCOMMANDS = {
     "data": ("engine.datatools", "build the Farense data set; check, split, measure and preview JSONL files"),
     "model": ("engine.models", "install the default model; import a GGUF file"),
     "eval": ("engine.evaluate", "ask a model (and adapter) the data's questions; score what it knows"),
-    "export": ("engine.export", "export a run's adapter, or fuse it into a standalone model"),
+    "export": ("engine.export", "export a run: adapter, fused MLX, GGUF (llama.cpp), Ollama, LM Studio"),
+    "serve": ("engine.serve", "serve a run's adapter as an OpenAI-compatible API (mlx-lm's server)"),
 }
 
 USAGE = ("usage: farense-tui [--config FILE] [--checkpoints DIR] | SUBCOMMAND [ARGS...]\n\n"
@@ -52,10 +54,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module = SUBCOMMANDS[name][0]
     if module.startswith("engine."):
         # MLX-side tools run in their own process, with OpenBLAS preloaded where available
+        proc = subprocess.Popen(engine_command(module, rest), env=engine_env())
+        # a plain kill of this command reaches the process doing the work (a server would outlive it)
+        signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum))
         try:
-            return subprocess.call(engine_command(module, rest), env=engine_env())
-        except KeyboardInterrupt:
-            return 130
+            return proc.wait()
+        except KeyboardInterrupt:  # the terminal sent it to both
+            return proc.wait() and 130
     return importlib.import_module(module).main(rest) or 0
 
 

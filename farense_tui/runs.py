@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from farense_core import protocol as P
-from farense_core.rundir import RunDir
+from farense_core.rundir import ENDPOINT_FILE, RunDir
 
 GB = 1024**3
 SERIES_CAPACITY = 4096  # points kept per series; a longer run is thinned, keeping extremes
@@ -255,6 +255,21 @@ class RunInfo:
     @property
     def resumable(self) -> bool:
         return self.last_checkpoint is not None and self.status not in P.Done.FINISHED
+
+    @property
+    def endpoint(self) -> Optional[str]:
+        """The URL `farense-tui serve` announced for this run, while its process lives."""
+        return served_url(self.path)
+
+
+def served_url(run: Path) -> Optional[str]:
+    import psutil
+
+    try:
+        info = json.loads((Path(run) / ENDPOINT_FILE).read_text(encoding="utf-8"))
+        return str(info["url"]) if psutil.pid_exists(int(info["pid"])) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def summarize_run(path: Path) -> RunInfo:

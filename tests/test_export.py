@@ -69,7 +69,7 @@ def test_adapter_export_loads_with_mlx_lm_and_matches_the_run(tiny_model, tmp_pa
 
 def test_the_readme_example_runs(tiny_model, tmp_path):
     run = make_run(tiny_model, tmp_path / "run")
-    out = export(str(run), str(tmp_path / "exported"))
+    out, _, _ = export(str(run), str(tmp_path / "exported"))
     code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
     code = code.replace("path/to/this/folder", str(out)).replace("max_tokens=200", "max_tokens=5")
     exec(compile(code, "README.md", "exec"), {})
@@ -77,13 +77,13 @@ def test_the_readme_example_runs(tiny_model, tmp_path):
 
 def test_a_run_without_a_best_adapter_exports_its_final_one(tiny_model, tmp_path):
     run = make_run(tiny_model, tmp_path / "run", with_best=False)
-    out = export(str(run), str(tmp_path / "exported"))
+    out, _, _ = export(str(run), str(tmp_path / "exported"))
     assert (out / "adapters.safetensors").read_bytes() == (run / "final" / "adapters.safetensors").read_bytes()
 
 
 def test_fused_float_model_matches_base_plus_adapter(tiny_model, tmp_path):
     run = make_run(tiny_model, tmp_path / "run")
-    out = export(str(run), str(tmp_path / "fused"), fuse=True)
+    out, _, _ = export(str(run), str(tmp_path / "fused"), fuse=True)
     config = json.loads((out / "config.json").read_text())
     assert "quantization" not in config
     fused = logits_of(out)
@@ -117,7 +117,7 @@ def test_fused_quantized_model(tiny_quantized_model, tmp_path, dequantize):
 def test_model_flag_overrides_the_runs_config(tiny_model, tmp_path):
     run = make_run(tiny_model, tmp_path / "run")
     (run / "config.yaml").write_text("model: /nowhere/model\n")
-    out = export(str(run), str(tmp_path / "fused"), fuse=True, model=str(tiny_model))
+    out, _, _ = export(str(run), str(tmp_path / "fused"), fuse=True, model=str(tiny_model))
     assert mx.allclose(logits_of(out), logits_of(tiny_model, run / "adapters"), atol=1e-4, rtol=1e-4)
 
 
@@ -141,7 +141,7 @@ def test_refuses_to_overwrite_without_force(tiny_model, tmp_path, capsys):
 @pytest.mark.parametrize("case,expected", [
     ("missing run", "does not exist"),
     ("no adapter", "No adapter found"),
-    ("dequantize alone", "--dequantize only applies"),
+    ("dequantize alone", "--dequantize applies to --format fused"),
     ("fuse without a base", "pass --model"),
     ("out inside the run", "run's own files"),
     ("wrong base", "could not be loaded"),
@@ -195,7 +195,7 @@ def test_the_adapter_config_names_the_base_when_the_run_does_not(tiny_model, tmp
     (run / "config.yaml").unlink()
     config_path = run / "adapters" / "adapter_config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model": str(tiny_model)}))
-    out = export(str(run), str(tmp_path / "fused"), fuse=True)
+    out, _, _ = export(str(run), str(tmp_path / "fused"), fuse=True)
     assert mx.allclose(logits_of(out), logits_of(tiny_model, run / "adapters"), atol=1e-4, rtol=1e-4)
 
 

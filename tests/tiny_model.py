@@ -116,8 +116,9 @@ def write_chat_data(folder: Path, n_train: int = 24, n_valid: int = 8, seed: int
     return folder
 
 
-def make_adapter(model_path, out, *, num_layers=2, rank=4, keys=None, seed=1) -> Path:
-    """An mlx-lm adapter folder (the layout our trainer writes) with random non-zero weights."""
+def make_adapter(model_path, out, *, num_layers=2, rank=4, keys=None, seed=1, zero=False) -> Path:
+    """An mlx-lm adapter folder (the layout our trainer writes) with random non-zero weights (``zero``: an
+    adapter that changes nothing, as a freshly initialised one)."""
     import mlx.core as mx
     import mlx_lm
     from mlx.utils import tree_flatten
@@ -133,7 +134,7 @@ def make_adapter(model_path, out, *, num_layers=2, rank=4, keys=None, seed=1) ->
     linear_to_lora_layers(model, num_layers, lora)
     mx.random.seed(seed)
     weights = {
-        name: (mx.random.normal(w.shape) * 0.05 if name.endswith("lora_b") else w)
+        name: ((mx.zeros(w.shape) if zero else mx.random.normal(w.shape) * 0.05) if name.endswith("lora_b") else w)
         for name, w in tree_flatten(model.trainable_parameters())
     }
     mx.save_safetensors(str(out / "adapters.safetensors"), weights)

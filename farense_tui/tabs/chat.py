@@ -16,9 +16,10 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TabP
 
 from farense_core import protocol as P
 from farense_core import sampling
+from farense_core.rundir import RunDir
 
 from ..messages import EngineEvent, EngineExited, ReplyProgress
-from ..runs import format_loss, list_runs
+from ..runs import format_loss, list_runs, served_url
 from ..widgets.chat_log import ChatLog
 from ..widgets.eval_report import EvalReportScreen
 from ..session import Session
@@ -49,6 +50,7 @@ class ChatTab(TabPane):
     ChatTab #chat-top Button { margin: 1 0 0 1; }
     ChatTab #chat-status { height: auto; padding: 0 1; color: $text-muted; }
     ChatTab #chat-status.-error { color: $error; }
+    ChatTab #chat-endpoint { height: auto; padding: 0 1; color: $success; }
     ChatTab #sampler { width: 32; padding-left: 1; }
     ChatTab #sampler-grid { grid-size: 2; grid-columns: 19 1fr; grid-rows: 1; grid-gutter: 1 0; height: auto; }
     ChatTab #sampler-grid Input { background: $boost; }
@@ -83,6 +85,7 @@ class ChatTab(TabPane):
             yield Button("Load (ctrl+l)", id="chat-load")
         yield Input(placeholder="System prompt (optional), sent with every reply: e.g. Responde em português.",
                     id="chat-system", compact=True)
+        yield Static("", id="chat-endpoint")
         with Horizontal():
             with Vertical():
                 yield Static("Type a question and press enter; the model loads as the tab opens.",
@@ -127,10 +130,21 @@ class ChatTab(TabPane):
         with self.prevent(Select.Changed):  # not the user's choice
             select.set_options(options)
             select.value = previous if keep else values[min(1, len(values) - 1)]  # else the newest run's
+        self.show_endpoint()
 
     @on(Select.Changed, "#chat-adapter")
     def _adapter_changed(self) -> None:
         self.adapter_picked = True
+        self.show_endpoint()
+
+    def show_endpoint(self) -> None:
+        """Where `farense-tui serve` serves the chosen adapter's run, if it does now."""
+        _, adapter = self._choice()
+        run = RunDir.of_adapter(adapter) if adapter else None
+        url = served_url(run.path) if run else None
+        line = self.query_one("#chat-endpoint", Static)
+        line.update(f"OpenAI-compatible endpoint for this adapter: {url} (farense-tui serve)" if url else "")
+        line.display = url is not None
 
     def _choice(self) -> tuple[str, Optional[str]]:
         model = self.query_one("#chat-model", Input).value.strip()
