@@ -1,14 +1,7 @@
 #!/bin/bash
 # the shipped recipe on the lent GPU with today's code, stopped at a time limit, then asked its questions
 set -e
-mkdir -p /tmp/blob /tmp/models $OUT
-if [ ! -d /tmp/site/mlx ]; then
-  cat /root/stash/part.aa /root/stash/part.ab /root/stash/part.ac .gpu/p_part.ad/part.ad | tar -x -C /tmp/blob
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/blob/*.whl
-  mv /tmp/blob/SmolLM2-135M-Instruct /tmp/models/
-fi
-SP=$(python3 -c "import site; print(site.getsitepackages()[0])")
-export PYTHONPATH=/tmp/site:$PWD LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/cudnn/lib:$SP/nvidia/nccl/lib
+source bench/gpu_env.sh
 M=/tmp/models/SmolLM2-135M-Instruct
 timeout -s TERM ${TRAIN_S:-420} python3 -m farense_tui.cli train --config configs/farense.yaml --model $M \
   --run-dir /tmp/run > $OUT/train.log 2>&1 || true

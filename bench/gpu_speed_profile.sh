@@ -3,14 +3,7 @@
 # SmolLM2, our per-update peak memory inside a real run, and the equal-length 7B comparison.
 # STAGE=profile | mixed | equal picks the part to run (each fits one call).
 set -e
-mkdir -p /tmp/blob /tmp/models $OUT
-if [ ! -d /tmp/site/mlx ]; then
-  cat /root/stash/part.aa /root/stash/part.ab /root/stash/part.ac .gpu/p_part.ad/part.ad | tar -x -C /tmp/blob
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/blob/*.whl
-  mv /tmp/blob/SmolLM2-135M-Instruct /tmp/models/
-fi
-SP=$(python3 -c "import site; print(site.getsitepackages()[0])")
-export PYTHONPATH=/tmp/site:$PWD LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/cudnn/lib:$SP/nvidia/nccl/lib
+source bench/gpu_env.sh
 S=/tmp/models/SmolLM2-135M-Instruct
 [ -d /tmp/models/m7b ] || python3 bench/make_shaped_model.py mistral7b $S /tmp/models/m7b > /dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt

@@ -204,7 +204,13 @@ def stop_tokens(tokenizer) -> list[str]:
     return [tokenizer.convert_ids_to_tokens(i) for i in ids]
 
 
-def write_gguf_export(base: str, adapter: Path, dest: Path, quant: str, ollama: bool) -> tuple[Path, list[str]]:
+def chosen_format(fmt: Optional[str], fuse: bool) -> str:
+    """--format, or what --fuse (the older spelling) and the default mean."""
+    return fmt or ("fused" if fuse else "mlx")
+
+
+def write_gguf_export(base: str, adapter: Path, dest: Path, quant: str, ollama: bool,
+                      run_name: str) -> tuple[Path, list[str]]:
     """The GGUF (and, for Ollama, its Modelfile) into ``dest``; returns the file and notes."""
     from .gguf_export import check_exportable, write_gguf
     from .ollama import TemplateError, modelfile
@@ -216,7 +222,7 @@ def write_gguf_export(base: str, adapter: Path, dest: Path, quant: str, ollama: 
     except GGUFExportError as e:
         raise ExportError(str(e)) from None
     model, tokenizer, config, _ = load_fused(base, adapter, dequantize=True)
-    stem = f"{name}-{RunDir.of_adapter(adapter).path.name if RunDir.of_adapter(adapter) else 'adapter'}-{quant}"
+    stem = f"{name}-{run_name}-{quant}"
     gguf_file = dest / f"{stem}.gguf"
     if ollama:
         try:
@@ -351,9 +357,9 @@ def export(run: str, out: str, *, fuse: bool = False, dequantize: bool = False,
            model: Optional[str] = None, force: bool = False, fmt: Optional[str] = None, quant: str = "f16",
            check: int = 0) -> tuple[Path, Optional[dict], list[str]]:
     """Write the export into OUT (atomically); returns OUT's path, the self-check's figures and notes."""
-    fmt = fmt or ("fused" if fuse else "mlx")
-    if fuse and fmt != "fused":
+    if fuse and fmt not in (None, "fused"):
         raise ExportError(f"--fuse means --format fused, but --format is {fmt}; give one of them.")
+    fmt = chosen_format(fmt, fuse)
     if dequantize and fmt not in ("fused", "lmstudio"):
         raise ExportError("--dequantize applies to --format fused and lmstudio (GGUF is always written from float "
                           "weights); drop --dequantize.")
@@ -402,7 +408,7 @@ def export(run: str, out: str, *, fuse: bool = False, dequantize: bool = False,
             (tmp / "README.md").write_text(lmstudio_readme(publisher, name), encoding="utf-8")
             result = self_check(base, adapter, data_dir, _load_mlx(tmp / publisher / name), check)
         else:
-            gguf_file, notes = write_gguf_export(base, adapter, tmp, quant, fmt == "ollama")
+            gguf_file, notes = write_gguf_export(base, adapter, tmp, quant, fmt == "ollama", run_dir.absolute().name)
             with tempfile.TemporaryDirectory(prefix=".readback-", dir=out_dir.parent) as work:
                 result = self_check(base, adapter, data_dir, _load_gguf(gguf_file, Path(work)), check)
         if result is not None:
@@ -429,7 +435,7 @@ def export(run: str, out: str, *, fuse: bool = False, dequantize: bool = False,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    fmt = args.format or ("fused" if args.fuse else "mlx")
+    fmt = chosen_format(args.format, args.fuse)
     try:
         out, check, notes = export(args.run, args.out, fuse=args.fuse, dequantize=args.dequantize, model=args.model,
                                    force=args.force, fmt=args.format, quant=args.quant, check=args.check)

@@ -59,8 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum))
         try:
             return proc.wait()
-        except KeyboardInterrupt:  # the terminal sent it to both
-            return proc.wait() and 130
+        except KeyboardInterrupt:  # the terminal sent it to both: let the command finish its own way
+            proc.wait()
+            return 130
     return importlib.import_module(module).main(rest) or 0
 
 

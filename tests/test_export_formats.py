@@ -274,21 +274,40 @@ def test_serve_without_a_folder_is_one_sentence(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="llama.cpp's wheel is built in CI on Linux")
 def test_a_real_llama_cpp_answers_like_our_chat(tmp_path):
-    """The default model with an adapter, exported as f16 GGUF: llama.cpp (llama-cpp-python, built from its
-    source) answers three questions greedily with exactly the text our chat gives."""
+    """The default model with an adapter, exported as f16 GGUF, in llama.cpp (llama-cpp-python, built from its
+    source, `make test-llama`): the prompt its chat formatting builds from the file's template and tokenizer is
+    our chat's, token for token; and along our chat's greedy answers, llama.cpp picks the same next token at
+    every step where our choice is not a near-tie (half precision against float32 may flip those)."""
     llama_cpp = pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
     from engine.chat import ChatSession, ReplySettings
     from farense_core.models import default_model_path
 
     base = Path(str(default_model_path()))
     run = make_run(base, tmp_path / "run", seed=3)
     out, _, _ = export(str(run), str(tmp_path / "gguf"), fmt="gguf")
-    llm = llama_cpp.Llama(model_path=str(next(out.glob("*.gguf"))), n_ctx=512, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(next(out.glob("*.gguf"))), n_ctx=512, verbose=False, logits_all=True)
+    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>",
+                                    bos_token="<|im_start|>")
     session = ChatSession.load(str(base), str(run / "adapters"))
+    compared = 0
     for q in ["Quando foi fundado o Sporting Clube Farense?", "Who won the 1990 Taça de Portugal final?",
               "Em que estádio joga o Farense?"]:
-        got = llm.create_chat_completion(messages=[{"role": "user", "content": q}], temperature=0.0, top_k=1,
-                                         max_tokens=32)["choices"][0]["message"]["content"]
-        want = session.reply(q, ReplySettings(temperature=0.0, repetition_penalty=1.0, max_tokens=32,
-                                              keep_history=False)).text
-        assert got == want
+        prompt = session.encode(session.messages_for(q, ReplySettings()))
+        theirs = formatter(messages=[{"role": "user", "content": q}]).prompt
+        assert llm.tokenize(theirs.encode(), add_bos=False, special=True) == prompt
+        tokens, margins = list(prompt), []
+        for _ in range(24):  # our greedy answer, with how clear each choice was
+            logits = np.array(session.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+            top2 = np.sort(logits)[-2:]
+            tokens.append(int(logits.argmax()))
+            margins.append(top2[1] - top2[0])
+        llm.reset()
+        llm.eval(tokens)
+        scores = np.array(llm.scores[:len(tokens)])
+        for i, margin in enumerate(margins):
+            if margin > 0.05:
+                assert int(scores[len(prompt) - 1 + i].argmax()) == tokens[len(prompt) + i], (q, i)
+                compared += 1
+    assert compared >= 60  # most of the 72 steps are clear choices
