@@ -17,6 +17,10 @@ class ChatMessage(Static):
     ChatMessage.note { border: none; color: $text-muted; margin: 0; }
     """
 
+    def __init__(self, content: str = "", **kwargs) -> None:
+        # what the user typed and what the model wrote, shown as written: "[/" in a reply is no markup
+        super().__init__(content, markup=False, **kwargs)
+
 
 class CompareRow(Horizontal):
     """Two replies to one prompt side by side: the base model and base + adapter."""

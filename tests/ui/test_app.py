@@ -906,3 +906,23 @@ async def test_a_run_can_be_renamed_to_a_free_name(app_factory, workdir):
         assert not (checkpoints / "run-20250430-180000").exists()
         assert [r.name for r in tab.runs] == ["farense-full-12-epochs", "run-20250430-090000"]
         assert tab.selected_run().name == "farense-full-12-epochs"
+
+
+async def test_replies_and_prompts_are_shown_as_written_not_as_markup():
+    """A model's reply is any text: "[/" or "[b]" in it once crashed the chat log (MarkupError) in tmux."""
+    from textual.app import App
+
+    class One(App):
+        def compose(self):
+            yield ChatLog()
+
+    app = One()
+    async with app.run_test() as pilot:
+        log = app.query_one(ChatLog)
+        log.add_user("o que é [b] e [/x]?")
+        log.update_reply("r1", "�\x1e [/] [bold")
+        await pilot.pause()
+        log.update_reply("r1", "�\x1e [/] [bold red] fim [/")
+        await pilot.pause()
+        texts = [str(m.render()) for m in app.query(ChatMessage)]
+        assert texts == ["o que é [b] e [/x]?", "�\x1e [/] [bold red] fim [/"]
