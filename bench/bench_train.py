@@ -49,7 +49,9 @@ def mixed_data(folder: Path, n: int, seed: int = 0, equal: bool = False) -> Path
     return folder
 
 
-def run_ours(model: str, data: Path, args, work: Path) -> dict:
+def run_ours(model: str, data: Path, args, work: Path, extra: tuple = (), env: dict | None = None) -> dict:
+    """One headless run (``extra``: more train flags, e.g. ``-n 2``); its times, tokens and peak memory, and
+    its steady throughput (tokens per second of training after the first 3 updates, which compile)."""
     import yaml
 
     iters = args.samples // args.batch_size
@@ -63,7 +65,7 @@ def run_ours(model: str, data: Path, args, work: Path) -> dict:
     run_dir = work / f"ours-{time.time_ns()}"
     tic = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "farense_tui.cli", "train", "--config", str(cfg_file), "--run-dir",
-                        str(run_dir)], capture_output=True, text=True, env=engine_env())
+                        str(run_dir), *extra], capture_output=True, text=True, env=engine_env(env))
     wall = time.perf_counter() - tic
     if p.returncode != 0:
         raise SystemExit(f"our engine failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -71,7 +73,10 @@ def run_ours(model: str, data: Path, args, work: Path) -> dict:
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     data_ev = next(e for e in events if e["type"] == "data")
     final_eval = [e for e in events if e["type"] == "eval"]
-    return {"train_seconds": s["elapsed"], "tokens": s["trained_tokens"], "peak_gb": s["peak_memory"] / 1e9,
+    steps = [e for e in events if e["type"] == "step"]
+    warm = steps[min(3, len(steps) - 1)]
+    steady = (steps[-1]["trained_tokens"] - warm["trained_tokens"]) / max(steps[-1]["elapsed"] - warm["elapsed"], 1e-9)
+    return {"steady_tokens_per_second": steady, "ranks": steps[-1].get("ranks", []),"train_seconds": s["elapsed"], "tokens": s["trained_tokens"], "peak_gb": s["peak_memory"] / 1e9,
             "wall": wall, "padding_efficiency": data_ev["padding_efficiency"], "updates": s["updates"],
             "final_eval_seconds": final_eval[-1]["val_time"] if final_eval else 0.0}
 
@@ -96,6 +101,36 @@ def run_mlx_lm(model: str, data: Path, args, work: Path) -> dict:
             "peak_gb": report["peak_memory"], "wall": wall, "updates": report["iteration"]}
 
 
+def bench_model(name: str, work: Path, keep_dtype: bool) -> str:
+    """The model folder to bench: tiny (built in code), default, or a folder; unless ``keep_dtype``, a float32
+    copy, so that mlx_lm.lora (which trains on the base as stored) trains on the float32 base we train on."""
+    if name == "tiny":
+        from tiny_model import build_tiny_model
+
+        return str(build_tiny_model(work / "tiny", layers=8))
+    if name == "default":
+        from farense_core.models import default_model_path
+
+        model = str(default_model_path())
+    else:
+        model = name
+    if keep_dtype:
+        return model
+    import mlx.core as mx
+    import mlx_lm
+    from mlx_lm.utils import dequantize_model, save
+
+    m, tok = mlx_lm.load(model)
+    dequantize_model(m)
+    m.set_dtype(mx.float32)
+    f32 = work / "base-f32"
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    cfg.pop("quantization", None)
+    cfg.pop("quantization_config", None)
+    save(f32, model, m, tok, cfg)
+    return str(f32)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", help="tiny (built in code), default, or a model folder")
@@ -110,32 +145,7 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    if args.model == "tiny":
-        from tiny_model import build_tiny_model
-
-        model = str(build_tiny_model(work / "tiny", layers=8))
-    elif args.model == "default":
-        from farense_core.models import default_model_path
-
-        model = str(default_model_path())
-    else:
-        model = args.model
-    if not args.keep_dtype and args.model != "tiny":
-        # mlx_lm.lora trains on the base as stored; give it the same float32 base we train on
-        import mlx_lm
-        from mlx_lm.utils import dequantize_model, save
-
-        m, tok = mlx_lm.load(model)
-        dequantize_model(m)
-        import mlx.core as mx
-
-        m.set_dtype(mx.float32)
-        f32 = work / "base-f32"
-        cfg = json.loads((Path(model) / "config.json").read_text())
-        cfg.pop("quantization", None)
-        cfg.pop("quantization_config", None)
-        save(f32, model, m, tok, cfg)
-        model = str(f32)
+    model = bench_model(args.model, work, args.keep_dtype)
     data = mixed_data(work / "data", args.samples, equal=args.equal)
 
     results = {"ours": [], "mlx_lm.lora": []}

@@ -42,6 +42,7 @@ class Context:
         self.hello: Optional[P.Hello] = None
         self.run_dir: Optional[Path] = None  # the run folder a training job writes now
         self.detached = False  # the UI left: only the run folder hears the engine
+        self.processes = 1  # processes training together (engine.distributed); this one leads them
 
     # -- events
     def emit(self, record: P.Record) -> None:
@@ -260,6 +261,20 @@ def _install_signals(ctx: Context) -> None:
     signal.signal(signal.SIGUSR2, lambda signum, frame: ctx.commands.put(P.Resume()))
 
 
+class FollowerContext(Context):
+    """The context of a process that follows a shared run's leader (``engine.distributed``): the leader
+    speaks for the run, so this one's events go nowhere and only its errors reach its stderr."""
+
+    def __init__(self, rank: int):
+        super().__init__(open(os.devnull, "w", encoding="utf-8"))
+        self.rank = rank
+
+    def emit(self, record: P.Record) -> None:
+        super().emit(record)
+        if isinstance(record, P.Error):
+            print(f"process {self.rank}: {record.message}\n{record.traceback}".rstrip(), file=sys.stderr, flush=True)
+
+
 def take_protocol_stream() -> TextIO:
     """Keep the real stdout for the protocol; send fd 1 (prints, C output) to stderr."""
     sys.stdout.flush()
@@ -282,7 +297,7 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
     ctx.hello = P.Hello(
         protocol=P.PROTOCOL_VERSION, engine_version=__version__, mlx_version=mlx_version,
         mlx_lm_version=lm_version, device=device, blas=loaded_blas(), pid=os.getpid(),
-        platform=f"{platform.system()} {platform.machine()}",
+        platform=f"{platform.system()} {platform.machine()}", processes=ctx.processes,
     )
     ctx.emit(ctx.hello)
     for name, e, tb in broken:
@@ -302,6 +317,8 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
             ctx.signalled = False
             continue
         ctx.run_job(HANDLERS.get(cmd.type, _unsupported), cmd)
+        if ctx.processes > 1:  # a shared run is the whole life of its processes; a failure tells mlx.launch
+            return 1 if ctx.job_error else 0  # to end the others
         if ctx.shutdown_requested.is_set() or ctx.detached:
             return 0
         ctx.stop_requested.clear()
@@ -309,8 +326,12 @@ def run(ctx: Context, start_reader: Optional[Callable[[], None]] = None) -> int:
 
 
 def main() -> int:
+    from .distributed import world
+
     out = take_protocol_stream()
-    ctx = Context(out)
+    shared = world()
+    ctx = Context(out) if shared.leader else FollowerContext(shared.rank)
+    ctx.processes = shared.size
     _install_signals(ctx)
     # os.read on the descriptor: a reader blocked there holds no lock that interpreter shutdown waits for
     reader = threading.Thread(target=_reader, args=(ctx, lambda n: os.read(0, n)), daemon=True)

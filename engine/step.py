@@ -119,14 +119,17 @@ def make_optimizer(cfg: dict):
     return OPTIMIZERS[cfg["optimizer"]](learning_rate=cfg["learning_rate"], **optimizer_settings(cfg))
 
 
-def compiled_step(model, optimizer, value_and_grad=None):
+def compiled_step(model, optimizer, value_and_grad=None, world=None):
     """One compiled function over the model, optimizer and RNG state, as mlx-lm does (fused kernels,
     fewer temporaries): a micro-batch's gradient added to the update's running sum and, on the update's
-    last micro-batch (``do_update``), the optimizer step with the token-weighted mean.
+    last micro-batch (``do_update``), the optimizer step with the token-weighted mean. With several
+    processes (``engine.distributed``), the sums are over all of them first, so every process makes the
+    update one process would make with the whole global batch (and reports its loss).
 
     ``step(inputs, targets, mask, loss_sum, ntoks, grads, do_update) -> (loss_sum, ntoks, grads)``
     """
     value_and_grad = value_and_grad or nn.value_and_grad(model, summed_loss)
+    shared = world is not None and world.shared
     optimizer.init(model.trainable_parameters())
     state = [model.state, optimizer.state, mx.random.state]
 
@@ -136,6 +139,8 @@ def compiled_step(model, optimizer, value_and_grad=None):
             g = tree_map(mx.add, grads, g)
             loss, n = loss + loss_sum, n + ntoks
         if do_update:
+            if shared:
+                g, loss, n = world.sum_tree(g), world.sum(loss), world.sum(n)
             optimizer.update(model, tree_map(lambda x: x / n, g))
             g = None
         return loss, n, g

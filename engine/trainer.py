@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +38,7 @@ from farense_core.rundir import (STATE_FILE, RunDir, RunFolderError, RunLock, Ru
 from farense_core.schedule import learning_rate_at, warmup_problem
 
 from . import checkpoints as ckpt
+from . import distributed
 from .awake import keep_awake, let_sleep
 from . import recall as probes
 from .datatools import length_stats
@@ -114,12 +115,15 @@ class Run:
     resume: bool = False
     pos: Position = field(default_factory=Position)
     last_saved_update: int = -1
+    world: distributed.World = field(default_factory=distributed.world)
 
     # ---- setup
     def prepare(self) -> None:
         cfg = self.cfg
         self.metrics = ckpt.Metrics(self.rd)
         optimizer_settings(cfg)  # wrong settings named before minutes of loading
+        if problem := batching.share_problem(cfg["batch_size"], self.world.size):
+            raise InputError(problem)
         self.model_name = resolve_model(cfg["model"])
         data_dir = Path(cfg["data"])
         if not data_dir.is_dir():
@@ -272,6 +276,19 @@ class Run:
         self.metrics.load_until(self.pos.update)
         return chosen
 
+    def sync_from_leader(self) -> None:
+        """Every process of a shared run starts from the leader's weights, optimizer state and position
+        (a resume restores on the leader only; LoRA's random start is the leader's too)."""
+        w = self.world
+        if not w.shared:
+            return
+        self.model.update(w.send_tree(self.model.trainable_parameters()))
+        self.optimizer.state = w.send_tree(self.optimizer.state)
+        mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+        state = w.send_json(self.pos.state())
+        if not w.leader:
+            self.pos = Position.of(state)
+
     # ---- checkpoints
     def save_checkpoint(self, reason: str) -> Path:
         if not weights_finite(self.model):  # never leave a broken model as the newest checkpoint
@@ -417,11 +434,14 @@ class Run:
 
     def loop(self) -> str:
         try:
-            return self._loop()
+            status = self._loop()
         except Diverged as e:
-            return self.diverged(str(e), e.first_bad)
+            status = self.diverged(str(e), e.first_bad)
         except ckpt.DiskFull as e:
-            return self.disk_full(e)
+            status = self.disk_full(e)
+        if self.world.leader:
+            self.world.go_on(False)  # the other processes, waiting for the next update, end with the leader
+        return status
 
     def disk_full(self, e: "ckpt.DiskFull") -> str:
         """The run stops where it is; its newest checkpoint (written before the disk filled) resumes it."""
@@ -452,33 +472,42 @@ class Run:
 
     def _loop(self) -> str:
         # compiled here, after a resume has replaced the optimizer state the closure captures
-        self.step = compiled_step(self.model, self.optimizer, self.value_and_grad)
-        cfg = self.cfg
+        self.step = compiled_step(self.model, self.optimizer, self.value_and_grad, self.world)
+        cfg, world, leader = self.cfg, self.world, self.world.leader
         window: deque = deque(maxlen=10)
         session_start_elapsed = self.pos.elapsed
         session_updates = 0
         stream = self.micro_batches()
         self.model.train()
         self.ctx.emit(P.State(state="training", detail=f"update {self.pos.update}/{self.total_updates}"))
-        while self.pos.update < self.total_updates:
-            if (why := self.handle_commands()) is not None:
+        # the leader ends the run (commands, judges, the last update); the others train until it says so
+        while self.pos.update < self.total_updates or not leader:
+            if leader and (why := self.handle_commands()) is not None:
                 return why
+            if not world.go_on():
+                return "stopped"
             tic = time.perf_counter()
             update = self.pos.update + 1
             lr = learning_rate_at(update, cfg, self.total_updates)
             self.optimizer.learning_rate = lr
-            grads, loss_sum, ntoks = None, None, None
+            grads, loss_sum, ntoks, own_tokens = None, None, None, mx.array(0.0)
             epoch = self.pos.epoch
             # the micro-batches of this update (fewer in the epoch's last)
             while True:
                 _, b, idx, last = next(stream)
-                inputs, targets, mask = make_batch(self.train, idx, cfg["max_seq_length"], self.pad_multiple)
+                share = world.share(idx)
+                inputs, targets, mask = make_batch(self.train, share or idx[:1], cfg["max_seq_length"],
+                                                   self.pad_multiple)
+                if not share:  # a short last micro-batch left this process nothing: a row that carries no loss
+                    mask = mx.zeros_like(mask)
+                if world.shared:
+                    own_tokens = own_tokens + mask.sum()
                 loss_sum, ntoks, grads = self.step(inputs, targets, mask, loss_sum, ntoks, grads, last)
                 self.pos.batch = b + 1
                 if last:
                     break
                 mx.eval(loss_sum, ntoks, grads)  # keep the graph from growing across micro-batches
-            mx.eval(self.model.state, self.optimizer.state, mx.random.state, loss_sum, ntoks)
+            mx.eval(self.model.state, self.optimizer.state, mx.random.state, loss_sum, ntoks, own_tokens)
             total_tokens = max(ntoks.item(), 1.0)
             epoch_done = self.pos.batch >= len(self.batches)
             if epoch_done:
@@ -496,12 +525,18 @@ class Run:
             session_time = self.pos.elapsed - session_start_elapsed
             eta = (self.total_updates - update) * (session_time / session_updates)
             mem = memory_snapshot()
+            ranks = self.rank_figures(own_tokens.item(), dt, mem) if world.shared else []
+            if not leader:
+                self.check_memory(mem)  # its cache; stopping for memory is the leader's call
+                continue
+            if ranks:  # the memory guard watches the process with the least memory left
+                mem = replace(mem, system_available=min(r["system_available"] for r in ranks))
             step = P.Step(
                 step=update, total_steps=self.total_updates, epoch=epoch + 1,
                 epoch_progress=(self.pos.batch if not epoch_done else len(self.batches)) / len(self.batches),
                 loss=loss, learning_rate=lr, tokens=tokens, trained_tokens=self.pos.trained_tokens,
                 tokens_per_second=wt / ws, iterations_per_second=len(window) / ws,
-                elapsed=self.pos.elapsed, eta=eta, memory=mem,
+                elapsed=self.pos.elapsed, eta=eta, memory=mem, ranks=ranks,
             )
             self.ctx.emit(step)
             row = {"step": update, "epoch": epoch + 1, "loss": loss, "learning_rate": lr, "tokens": tokens,
@@ -526,6 +561,13 @@ class Run:
             if (why := self.check_memory(mem)) is not None:
                 return why
         return "completed"
+
+    def rank_figures(self, tokens: float, seconds: float, mem: P.Memory) -> list[dict]:
+        """Every process's tokens, speed and memory in this update, in rank order (a collective: all call it)."""
+        keys = ("mlx_active", "mlx_peak", "rss", "system_available")
+        rows = self.world.gather([tokens, seconds] + [getattr(mem, k) for k in keys])
+        return [{"rank": r, "tokens": int(row[0]), "tokens_per_second": row[0] / row[1] if row[1] else 0.0,
+                 **{k: int(v) for k, v in zip(keys, row[2:])}} for r, row in enumerate(rows)]
 
     def summary(self, status: str) -> dict:
         p = self.pos
@@ -581,10 +623,70 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
             f"resume with the run's own config.yaml for an exact continuation." for k, was, is_ in changed]
 
 
+class SharedStart:
+    """The leader's side of starting a run shared among processes (``engine.distributed``): the others
+    wait for its config, then for everyone's readiness; a run that fails before it begins still gives
+    them both answers, so none waits forever."""
+
+    def __init__(self, world: distributed.World):
+        self.world, self.sent, self.checked = world, False, False
+
+    def send_config(self, cfg: dict) -> None:
+        self.world.send_json(cfg)
+        self.sent = True
+
+    def ready(self, run: Run) -> None:
+        """After loading (and restoring): everyone starts from the leader's weights, or none starts."""
+        self.checked = True
+        others = [(r, why) for r, why in self.world.problems() if r]
+        if others:
+            rank, why = others[0]
+            raise InputError(f"Process {rank} of {self.world.size} could not start the run: {why}")
+        run.sync_from_leader()
+
+    def abandon(self, why: str) -> None:
+        if not self.world.shared:
+            return
+        if not self.sent:
+            self.world.send_json(None)
+        elif not self.checked:
+            self.world.problems(why or "the leader stopped")
+        self.sent = self.checked = True
+
+
+def follow(ctx: Context, run_dir: str | Path, resume: bool) -> P.Done:
+    """A process other than the leader: trains its share of the leader's run and writes nothing; its
+    errors go to its stderr and, before the run begins, to the leader."""
+    world = distributed.world()
+    cfg = world.send_json(None)
+    if cfg is None:
+        return P.Done(status="failed", summary={"error": "the leading process did not start the run"})
+    run = Run(ctx, cfg, RunDir(run_dir), resume, world=world)
+    problem = ""
+    try:
+        run.prepare()
+    except (InputError, DataError, C.ConfigError) as e:
+        problem = str(e)
+    except Exception as e:  # noqa: BLE001 - the leader names it; the traceback goes to this process's stderr
+        import traceback
+
+        ctx.emit(P.Error(message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()))
+        problem = f"{type(e).__name__}: {e}"
+    if world.problems(problem):
+        return P.Done(status="failed", summary={"error": problem or "another process could not start"})
+    run.sync_from_leader()
+    return P.Done(status=run.loop(), summary={})
+
+
 def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False,
           from_checkpoint: Optional[int] = None) -> P.Done:
-    """Run (or resume) a training run, writing the run folder. Returns the done event it emitted."""
+    """Run (or resume) a training run, writing the run folder. Returns the done event it emitted. In a
+    run shared among processes, this is the leader's part; the others ``follow``."""
+    world = distributed.world()
+    if not world.leader:
+        return follow(ctx, run_dir, resume)
     events_file, lock, awake = None, None, None
+    start = SharedStart(world)
     try:
         rd = check_run_folder(run_dir, resume)
         if from_checkpoint is not None and not resume:
@@ -623,10 +725,12 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
             ckpt.Metrics(rd).clear()
         ctx.emit(P.Config(config=cfg, run_dir=str(rd.path),
                           resumed_from=str(newest[0]) if resume and newest else None))
+        start.send_config(cfg)
         run.prepare()
         run.check_disk()
         if resume:
             run.restore(from_checkpoint)
+        start.ready(run)
         status = run.loop()
         if status == "stop":
             status = "stopped"
@@ -643,6 +747,7 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
 
         ctx.emit(P.Error(message=f"Training failed: {type(e).__name__}: {e}", traceback=traceback.format_exc()))
         done = P.Done(status="failed", summary={"error": f"{type(e).__name__}: {e}"})
+    start.abandon(done.summary.get("error", ""))
     ctx.emit(done)
     ctx.run_dir = None
     let_sleep(awake)

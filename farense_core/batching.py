@@ -50,6 +50,23 @@ def budget_batches(lengths: list[int], batch_size: int, max_tokens: int | None =
     return out
 
 
+def rank_share(indices: list[int], rank: int, processes: int) -> list[int]:
+    """The rows of a micro-batch that process ``rank`` of ``processes`` trains (data-parallel): equal
+    contiguous shares of the global micro-batch, so the order of updates and which examples each learns
+    from are the same for any number of processes. A short last micro-batch can leave a share empty."""
+    per = math.ceil(len(indices) / processes)
+    return indices[rank * per:(rank + 1) * per]
+
+
+def share_problem(batch_size: int, processes: int) -> str | None:
+    """One sentence when a micro-batch of ``batch_size`` cannot be shared equally among the processes."""
+    if processes > 1 and batch_size % processes:
+        return (f"batch_size {batch_size} does not divide among {processes} processes (each trains an equal share "
+                f"of every micro-batch); set batch_size to a multiple of {processes}, or use "
+                f"{max(d for d in range(1, processes + 1) if batch_size % d == 0)} processes.")
+    return None
+
+
 TRAIN_STREAM, VALID_STREAM = 0, 1
 
 

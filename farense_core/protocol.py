@@ -113,6 +113,7 @@ class Hello(Record):
     blas: str
     pid: int = 0
     platform: str = ""
+    processes: int = 1  # processes training together (mlx.launch); this engine is their leader
 
 
 @dataclass
@@ -171,6 +172,9 @@ class Step(Record):
     elapsed: float
     eta: float
     memory: Memory = field(default_factory=Memory)
+    # a run shared among processes: each one's {rank, tokens, tokens_per_second, mlx_active, mlx_peak, rss,
+    # system_available} in this update; empty for one process
+    ranks: list = field(default_factory=list)
 
 
 @dataclass

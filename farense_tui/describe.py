@@ -21,7 +21,9 @@ def describe(event: P.Record) -> Optional[Line]:
     """One line for an event, or None for events not shown as a line (tokens, plain memory reports)."""
     if isinstance(event, P.Hello):
         return Line(f"engine {event.engine_version} · mlx {event.mlx_version} · mlx-lm {event.mlx_lm_version} "
-                    f"· {event.device} · BLAS {event.blas}", style="dim")
+                    f"· {event.device} · BLAS {event.blas}"
+                    + (f" · {event.processes} processes training together" if event.processes > 1 else ""),
+                    style="dim")
     if isinstance(event, P.Config):
         what = f"resuming from {event.resumed_from}" if event.resumed_from else "new run"
         return Line(f"run {event.run_dir or '-'} ({what})", style="bold")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +34,28 @@ def engine_env(base: Optional[dict] = None) -> dict:
 
 def engine_command(module: str = "engine", args: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class LaunchError(Exception):
+    """A shared run that cannot be launched here (one sentence)."""
+
+
+def launch_command(processes: int = 1, hostfile: Optional[str] = None, backend: Optional[str] = None) -> list[str]:
+    """The engine as ``processes`` processes training one run together (on this machine, or ``processes``
+    per host of an ``mlx.launch`` hosts file), started by MLX's own launcher; mlx.launch picks the
+    backend (ring, or NCCL on CUDA) unless ``backend`` says."""
+    script = Path(sys.executable).with_name("mlx.launch")
+    # the console script mlx installs; where it installed none (a --target install), the function it runs
+    argv = [str(script)] if script.exists() else [
+        sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
+    if hostfile is not None and not Path(hostfile).is_file():
+        raise LaunchError(f"The hosts file {hostfile} does not exist; write one as in the README's two-Mac setup.")
+    argv += ["-n", str(processes)]
+    if hostfile is not None:
+        argv += ["--hostfile", str(hostfile)]
+    if backend is not None:
+        argv += ["--backend", backend]
+    return argv + ["--", *engine_command()]
 
 
 class EngineGone(Exception):
@@ -110,6 +133,15 @@ class EngineProcess:
     def wait(self, timeout: Optional[float] = None) -> int:
         assert self.proc
         return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """End the engine now, with every process it started (a shared run's launcher and its processes:
+        it leads its own process group)."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
 
     @property
     def returncode(self) -> Optional[int]:

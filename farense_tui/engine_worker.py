@@ -33,15 +33,17 @@ class Engine(Protocol):
     def detach(self) -> bool: ...
 
 
-EngineFactory = Callable[[str], Engine]
-"""role ("train", "preflight" or "chat") -> a started engine."""
+EngineFactory = Callable[..., Engine]
+"""role ("train", "preflight" or "chat") -> a started engine; for a training run of several processes it is also
+given ``processes``."""
 
 
-def start_engine_process(role: str) -> Engine:
-    """The real engine: ``python -m engine`` (imported late: only a real session needs it)."""
-    from .engine_client import EngineProcess
+def start_engine_process(role: str, processes: int = 1) -> Engine:
+    """The real engine: ``python -m engine``, or ``processes`` of them under mlx.launch training one run
+    together (imported late: only a real session needs it)."""
+    from .engine_client import EngineProcess, launch_command
 
-    return EngineProcess().start()
+    return EngineProcess(launch_command(processes) if processes > 1 else None).start()
 
 
 
@@ -74,11 +76,13 @@ class EngineLink:
     def running(self) -> bool:
         return self._session is not None
 
-    def start(self, history: Optional[RunHistory] = None, engine: Optional[Engine] = None) -> None:
-        """Start the engine (raises OSError if it cannot be started), or follow ``engine`` (a run
-        trained in the background), and read it on a thread."""
+    def start(self, history: Optional[RunHistory] = None, engine: Optional[Engine] = None, processes: int = 1) -> None:
+        """Start the engine (``processes`` of them for a shared training run; raises OSError if it cannot be
+        started), or follow ``engine`` (a run trained in the background), and read it on a thread."""
+        if engine is None:
+            engine = self.factory(self.role, processes=processes) if processes > 1 else self.factory(self.role)
         # the targets are looked up here, on the UI thread; the reader only posts to them
-        session = _Session(engine or self.factory(self.role), list(self.targets()), history)
+        session = _Session(engine, list(self.targets()), history)
         self._session = session
         self.app.run_worker(
             lambda: self._read(session), thread=True, group=f"engine-{self.role}",

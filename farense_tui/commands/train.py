@@ -11,15 +11,17 @@ import argparse
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional, Sequence
 
+from farense_core import batching
 from farense_core import config as C
 from farense_core import protocol as P
 from farense_core.crash import crash_report, explain_exit, retry_config
 from farense_core.rundir import RunDir, RunFolderError, check_run_folder
 
 from ..describe import describe
-from ..engine_client import EngineGone, EngineProcess
+from ..engine_client import EngineGone, EngineProcess, LaunchError, launch_command
 from farense_core.format import duration, size
 
 EXIT = {"completed": 0, "early_stopped": 0, "detached": 0, "failed": 1, "memory_guard": 3, "diverged": 4, "disk_full": 5,
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         bool_flag = isinstance(s.default, bool)
         settings.add_argument(C.flag(s.key), dest=f"set_{s.key}", metavar="VALUE", help=s.help,
                               nargs="?" if bool_flag else None, const="true" if bool_flag else None)
+    shared = p.add_argument_group("several processes", "data-parallel over MLX's distributed runtime (mlx.launch): "
+                                                       "each process trains an equal share of every micro-batch")
+    shared.add_argument("-n", "--processes", type=int, default=1, metavar="N",
+                        help="processes training the run together on this machine (per host with --hosts)")
+    shared.add_argument("--hosts", metavar="FILE", help="an mlx.launch hosts file: train across these machines")
+    shared.add_argument("--backend", choices=("ring", "mpi", "nccl"),
+                        help="how the processes talk (default: mlx.launch's choice, ring or NCCL on CUDA)")
     p.add_argument("--detach", action="store_true",
                    help="once the run has started, leave it training in the background and return; follow it "
                         "with 'farense-tui attach DIR'")
@@ -78,6 +87,9 @@ class Progress:
     def step(self, ev: P.Step) -> None:
         info = (f"epoch {ev.epoch} loss {ev.loss:.3f} lr {ev.learning_rate:.2e} "
                 f"{ev.tokens_per_second:.0f} tok/s mem {size(ev.memory.mlx_active)}")
+        if ev.ranks:  # a shared run: the slowest process sets the pace, the fullest the memory
+            info += (f" ({len(ev.ranks)} processes, slowest {min(r['tokens_per_second'] for r in ev.ranks):.0f} "
+                     f"tok/s, peak {size(max(r['mlx_peak'] for r in ev.ranks))})")
         if self.bar is not None:
             self.bar.update(self.task, completed=ev.step, total=ev.total_steps, info=info)
         if ev.step % self.report_every == 0 or ev.step == ev.total_steps or ev.step == 1:  # kept in the scrollback
@@ -122,6 +134,12 @@ def run(args: argparse.Namespace, make_engine: Callable[[], EngineProcess] = Eng
     except RunFolderError as e:
         print(f"farense-tui: {e}", file=sys.stderr)
         return 2
+    if args.processes > 1 or args.hosts:
+        if (problem := shared_problem(args, raw)) is not None:
+            print(f"farense-tui: {problem}", file=sys.stderr)
+            return 2
+        if make_engine is EngineProcess:
+            make_engine = partial(EngineProcess, launch_command(args.processes, args.hosts, args.backend))
 
     retries = auto_resume(raw, args.run_dir)
     attempt = 0
@@ -141,6 +159,23 @@ def run(args: argparse.Namespace, make_engine: Callable[[], EngineProcess] = Eng
         raw, note = retry_config(rd.settings(), cause)
         args.resume, args.from_checkpoint = True, None
         print(f"auto_resume ({attempt} of {retries}): {note}", file=sys.stderr)
+
+
+def shared_problem(args: argparse.Namespace, raw: dict) -> Optional[str]:
+    """One sentence when a run cannot be shared as asked (checked again by the engine, which knows the
+    hosts file's count)."""
+    if args.processes < 1:
+        return f"-n must be 1 or more processes, not {args.processes}."
+    if args.detach:
+        return ("--detach cannot leave a run of several processes in the background; run it inside tmux or screen "
+                "instead.")
+    try:
+        launch_command(args.processes, args.hosts, args.backend)
+    except LaunchError as e:
+        return str(e)
+    if args.hosts is None and raw:
+        return batching.share_problem(C.validate(raw)[0]["batch_size"], args.processes)
+    return None
 
 
 def auto_resume(raw: dict, run_dir: str) -> int:
@@ -208,7 +243,7 @@ def _train_once(args: argparse.Namespace, raw: dict, make_engine: Callable[[], E
             view.progress.line("stopping: saving a checkpoint (press ctrl+c again to abandon)...")
             engine.send(P.Stop())
         else:
-            engine.proc.kill()
+            engine.kill()
 
     old = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)

@@ -223,8 +223,9 @@ class FakeFactory:
         self.kwargs = kwargs
         self.engines: list[FakeEngine] = []
 
-    def __call__(self, role: str) -> FakeEngine:
+    def __call__(self, role: str, processes: int = 1) -> FakeEngine:
         engine = FakeEngine(role, **self.kwargs)
+        engine.processes = processes  # how many processes the app asked to train together
         self.engines.append(engine)
         return engine
 

@@ -360,6 +360,24 @@ async def test_start_refuses_an_invalid_config(app_factory, factory):
         assert app.query_one("#train-error").has_class("-visible")
 
 
+async def test_start_on_several_processes_starts_a_shared_engine_or_says_why_not(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        app.query_one("#processes", Select).value = 3
+        app.config_tab.set_values({"batch_size": 4}, replace=False)
+        await pilot.press("s")
+        await pilot.pause()
+        assert not factory.engines  # 4 rows cannot be shared by 3 processes
+        assert text_of(app, "#train-error").startswith("batch_size 4 does not divide among 3 processes")
+        app.query_one("#processes", Select).value = 2
+        await pilot.press("s")
+        await wait_for(pilot, lambda: factory.engines, "the shared run")
+        assert factory.last("train").processes == 2
+        assert "on 2 processes" in log_text(app)
+        await wait_for(pilot, lambda: not app.train_tab.busy, "the run to finish")
+
+
 def crash_first(**kwargs):
     """A factory whose first train engine misbehaves (kwargs) and later ones replay normally."""
     plain = FakeFactory()
