@@ -6,6 +6,7 @@
     training_metrics.json   the same as lists
     training_summary.json   how the run ended
     eval.json               the last evaluation of its adapter
+    report.html, plots/     `farense-tui report`'s page and its plots as PNG files
     checkpoints/step_NNNNNN/  adapters, optimizer and RNG state, state.json (written last: complete)
     adapters/               the best adapter (mlx-lm's layout)
     final/                  the adapter after the last update
@@ -152,6 +153,14 @@ class RunDir:
         return self.path / "eval.json"
 
     @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
     def lock(self) -> Path:
         return self.path / LOCK_FILE
 
@@ -273,10 +282,16 @@ def check_run_folder(run_dir: str | Path, resume: bool = False) -> RunDir:
 
 
 class RunLocked(Exception):
-    """The run folder is in use by a live process; the message names it and says what to do."""
+    """The run folder is in use by a live process; the message names it and says what to do.
+    ``holder``: who holds it (pid, host, started, what)."""
+
+    def __init__(self, message: str, holder: Optional[dict] = None):
+        super().__init__(message)
+        self.holder = holder or {}
 
 
-def _describe_holder(holder: dict) -> str:
+def describe_holder(holder: dict) -> str:
+    """Who holds a lock, for a sentence: "pid 12 on host, since 2026-11-30 22:00"."""
     started = holder.get("started")
     when = ""
     if isinstance(started, (int, float)):
@@ -288,15 +303,17 @@ class RunLock:
     """The lock a training run holds on its folder while it trains (``run.lock``, an flock the
     operating system releases when the process ends, however it ends: a dead process never holds it).
     The file says who holds it (pid, host, start time), for the sentence a second run is refused with
-    and for the UI, which finds live runs by it."""
+    and for the UI, which finds live runs by it. ``path``: another lock of the same kind in the folder
+    (the run queue's runner holds ``queue.lock`` of the checkpoints folder)."""
 
-    def __init__(self, rd: RunDir):
+    def __init__(self, rd: RunDir, path: Optional[Path] = None):
         self.rd = rd
+        self.path = Path(path) if path is not None else rd.lock
         self.fd: Optional[int] = None
 
     def acquire(self, what: str = "training") -> "RunLock":
-        self.rd.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.rd.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -304,8 +321,8 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunLocked(f"{self.rd.path} is in use by another run ({_describe_holder(holder)}); stop that "
-                            f"run first, or train into another folder.") from None
+            raise RunLocked(f"{self.rd.path} is in use by another run ({describe_holder(holder)}); stop that "
+                            f"run first, or train into another folder.", holder) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _dt.datetime.now().timestamp(),
                   "what": what}
         os.ftruncate(fd, 0)
@@ -337,10 +354,11 @@ def _read_holder(fd: int) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def lock_holder(rd: RunDir) -> Optional[dict]:
-    """Who holds the run folder's lock now (pid, host, started, what), or None when no live process does."""
+def lock_holder(rd: RunDir, path: Optional[Path] = None) -> Optional[dict]:
+    """Who holds the run folder's lock (or the lock at ``path``) now (pid, host, started, what), or None
+    when no live process does."""
     try:
-        fd = os.open(rd.lock, os.O_RDONLY)
+        fd = os.open(rd.lock if path is None else path, os.O_RDONLY)
     except OSError:
         return None
     try:

@@ -145,6 +145,7 @@ class FarenseApp(App):
             self.chat_tab.preload()
         elif event.pane.id == "train":
             self.train_tab.refresh_runs()
+            self.train_tab.refresh_queue()
 
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
@@ -266,8 +267,8 @@ class FarenseApp(App):
                                  f"it, or run: farense-tui attach {run_dir}")
                 self.exit(message=self.farewell)
                 return
-            self.notify("The run could not be left in the background (its engine is gone); quitting.",
-                        severity="warning")
+            self.notify("The run could not be left in the background (its engine is gone, or it runs several "
+                        "processes); stopping it with a checkpoint.", severity="warning")
         if choice in ("stop", "background"):
             await self._quit()
 

@@ -18,6 +18,7 @@ from .engine_client import engine_command, engine_env
 SUBCOMMANDS = {
     "train": ("farense_tui.commands.train", "train headless: --config FILE --run-dir DIR [--resume] [--detach]"),
     "attach": ("farense_tui.commands.attach", "follow a run training in the background: DIR [--stop]"),
+    "queue": ("farense_tui.commands.queue", "queue runs and sweeps; train them one after another: add, list, run"),
     "preflight": ("farense_tui.commands.preflight", "check this machine, the data and the model; recommend a config"),
     "chat": ("farense_tui.commands.chat", "chat with a model and adapter (one-shot with --prompt)"),
     "data": ("engine.datatools", "build the Farense data set; check, split, measure and preview JSONL files"),
@@ -25,6 +26,8 @@ SUBCOMMANDS = {
     "eval": ("engine.evaluate", "ask a model (and adapter) the data's questions; score what it knows"),
     "export": ("engine.export", "export a run: adapter, fused MLX, GGUF (llama.cpp), Ollama, LM Studio"),
     "serve": ("engine.serve", "serve a run's adapter as an OpenAI-compatible API (mlx-lm's server)"),
+    "report": ("farense_tui.commands.report", "a run's report: one HTML page with its plots; PNGs in DIR/plots/"),
+    "compare": ("farense_tui.commands.compare", "compare runs: settings that differ, best recall and val loss, time"),
 }
 
 USAGE = ("usage: farense-tui [--config FILE] [--checkpoints DIR] | SUBCOMMAND [ARGS...]\n\n"

@@ -1,11 +1,13 @@
 """The Monitor tab: memory gauges, the current figures, a loss sparkline, plots of loss, recall
 (what share of the probe's answers the model reproduces), learning rate and memory, and the
 engine's latest advice. It draws a run's history on a timer (twice a second, and
-only when something changed), whether the run is live or a past one opened from its files."""
+only when something changed), whether the run is live or a past one opened from its files.
+Other runs of the checkpoints folder can be picked (ctrl+r) to draw their loss over it."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Optional
 
 from textual import on
@@ -15,14 +17,17 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TabPane
 
 from farense_core.format import duration, size
-from ..runs import GB, RunError, RunHistory, Snapshot, format_loss, load_run
+from ..runs import GB, RunError, RunHistory, Snapshot, format_loss, list_runs, load_run
 from ..widgets.deferred import mount_after_first_frame
 from ..widgets.gauge import Gauge
 from ..widgets.metric_plot import Line, MetricPlot
+from ..widgets.run_picker import RunPickerScreen
 from ..widgets.sparkline import LossSparkline
 from ..session import Session
 
 REDRAW_SECONDS = 0.5
+LOSS_LINES = [Line("loss", "train", "cyan"), Line("val_loss", "validation", "orange", "dot")]
+OVERLAY_COLORS = ("green", "magenta", "yellow", "red", "blue", "white")  # one run each: at most this many
 
 
 def available_level(available: int, guard_gb: float) -> str:
@@ -39,6 +44,7 @@ class MonitorTab(TabPane):
     BINDINGS = [
         Binding("ctrl+o", "open_run", "Open run"),
         Binding("ctrl+l", "follow_live", "Live run"),
+        Binding("ctrl+r", "overlay_runs", "Overlay runs"),
     ]
 
     DEFAULT_CSS = """
@@ -63,10 +69,12 @@ class MonitorTab(TabPane):
         self.live: Optional[RunHistory] = None
         self.following_live = True
         self._drawn_version = -1
+        self.overlays: dict[Path, RunHistory] = {}  # other runs whose loss is drawn over this one's
+        self._overlays_version = 0
+        self._drawn_overlays = 0
 
     def compose(self) -> ComposeResult:
-        yield Static(f"No run yet: start one in the {self.session.tab('train')}, or open a past run below.",
-                     id="monitor-source")
+        yield Static(self._no_run_text(), id="monitor-source")
         yield Static("", id="advice")
         with Horizontal(id="monitor-top"):
             with Vertical(id="gauges"):
@@ -85,10 +93,12 @@ class MonitorTab(TabPane):
             yield Button("Open", id="open")
             yield Button("Live", id="live")
 
+    def _no_run_text(self) -> str:
+        return f"No run yet: start one in the {self.session.tab('train')}, or open a past run below."
+
     def _plots(self) -> list[MetricPlot]:
         return [
-            MetricPlot("loss", [Line("loss", "train", "cyan"), Line("val_loss", "validation", "orange", "dot")],
-                       id="plot-loss"),
+            MetricPlot("loss", list(LOSS_LINES), id="plot-loss"),
             MetricPlot("recall (share of answers)", [Line("recall_trained", "trained", "green"),
                                                      Line("recall_paraphrase", "paraphrase", "yellow"),
                                                      Line("token_accuracy", "tokens", "cyan", "dot")],
@@ -105,6 +115,7 @@ class MonitorTab(TabPane):
 
     def _plots_mounted(self) -> None:
         self._drawn_version = -1
+        self._set_loss_lines()
 
     # -- which run is shown
 
@@ -150,6 +161,47 @@ class MonitorTab(TabPane):
             self.app.notify(f"{bad} lines of {history.source} could not be read and were skipped.",
                             severity="warning")
 
+    # -- other runs drawn over it
+
+    def action_overlay_runs(self) -> None:
+        self.run_worker(self._pick_overlays(), exclusive=True, group="overlay-runs", exit_on_error=False,
+                        description="Picking runs to overlay")
+
+    async def _pick_overlays(self) -> None:
+        shown = Path(self.history.run_dir).resolve() if self.history is not None and self.history.run_dir else None
+        runs = [r for r in await asyncio.to_thread(list_runs, self.session.checkpoints_dir)
+                if r.path.resolve() != shown]
+        if not runs:
+            self.app.notify(f"{self.session.checkpoints_dir} holds no other run to draw over this one; train one "
+                            f"in the {self.session.tab('train')} first.", severity="warning")
+            return
+        picked = await self.app.push_screen_wait(RunPickerScreen(
+            f"Runs to draw over the loss plot (at most {len(OVERLAY_COLORS)})", runs, set(self.overlays)))
+        if picked is None:
+            return
+        if len(picked) > len(OVERLAY_COLORS):
+            self.app.notify(f"{len(picked)} runs picked; the loss plot shows the first {len(OVERLAY_COLORS)}.",
+                            severity="warning")
+        overlays = {}
+        for path in picked[:len(OVERLAY_COLORS)]:
+            try:
+                overlays[path] = self.overlays.get(path) or (await asyncio.to_thread(load_run, path))[0]
+            except RunError as e:
+                self.app.notify(str(e), title="Run not overlaid", severity="error")
+        self.overlays = overlays
+        self._overlays_version += 1
+        self._set_loss_lines()
+        self.redraw()
+
+    def _set_loss_lines(self) -> None:
+        for plot in self.query("#plot-loss").results(MetricPlot):
+            # the other runs first, so the shown run's lines are drawn over theirs
+            plot.lines = [Line(f"overlay:{path}", path.name, color)
+                          for path, color in zip(self.overlays, OVERLAY_COLORS)] + LOSS_LINES
+
+    def _overlay_series(self) -> dict:
+        return {f"overlay:{path}": history.snapshot().series["loss"] for path, history in self.overlays.items()}
+
     @on(Input.Submitted, "#run-path")
     def _path_submitted(self) -> None:
         self.action_open_run()
@@ -165,25 +217,31 @@ class MonitorTab(TabPane):
     # -- drawing (on the timer)
 
     def redraw(self) -> None:
-        if self.history is None:
+        snap = self.history.snapshot() if self.history is not None else None
+        version = snap.version if snap is not None else -1
+        if version == self._drawn_version and self._overlays_version == self._drawn_overlays:
             return
-        snap = self.history.snapshot()
-        if snap.version == self._drawn_version:
-            return
-        self._drawn_version = snap.version
+        self._drawn_version, self._drawn_overlays = version, self._overlays_version
         self._draw_source(snap)
-        self._draw_advice(snap)
-        self._draw_gauges(snap)
-        self._draw_figures(snap)
-        self.query_one(LossSparkline).show(snap.series["loss"][1])
+        series = dict(snap.series) if snap is not None else {}
+        if snap is not None:
+            self._draw_advice(snap)
+            self._draw_gauges(snap)
+            self._draw_figures(snap)
+            self.query_one(LossSparkline).show(snap.series["loss"][1])
+        series.update(self._overlay_series())
         for plot in self.query(MetricPlot):
-            plot.replot(snap.series)
+            plot.replot(series)
 
-    def _draw_source(self, snap: Snapshot) -> None:
-        live = self.history is self.live
-        what = "live" if live else "opened"
-        status = snap.done.status if snap.done else snap.state
-        self.query_one("#monitor-source", Static).update(f"{what}: {snap.run_dir or self.history.source} · {status}")
+    def _draw_source(self, snap: Optional[Snapshot]) -> None:
+        text = "" if snap is not None or self.overlays else self._no_run_text()
+        if snap is not None:
+            what = "live" if self.history is self.live else "opened"
+            status = snap.done.status if snap.done else snap.state
+            text = f"{what}: {snap.run_dir or self.history.source} · {status}"
+        if self.overlays:
+            text += (" · " if text else "") + "overlaid: " + ", ".join(p.name for p in self.overlays)
+        self.query_one("#monitor-source", Static).update(text)
 
     def _draw_advice(self, snap: Snapshot) -> None:
         widget = self.query_one("#advice", Static)

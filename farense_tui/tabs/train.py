@@ -1,6 +1,6 @@
 """The Train tab: start, pause, continue and stop a run; its progress and event log; resume any
-earlier run found in the checkpoints folder. An engine that dies or prints garbage shows here
-with its last stderr lines, and the app stays usable."""
+earlier run found in the checkpoints folder; the folder's run queue (`farense-tui queue`), read-only.
+An engine that dies or prints garbage shows here with its last stderr lines, and the app stays usable."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Label, ProgressBar, Static, TabPane
+from textual.widgets import Button, DataTable, Label, ProgressBar, Select, Static, TabPane
 
 from farense_core import protocol as P
+from farense_core.batching import share_problem
 from farense_core.crash import retry_config
+from farense_core.queue import Queue, QueueError
 from farense_core.format import size
 from farense_core.rundir import RunDir, checkpoint_update, lock_holder
 
@@ -31,6 +33,8 @@ from ..session import Session
 
 
 RUNS_REFRESH_SECONDS = 10.0  # the runs list follows a live run's checkpoints at most this often
+QUEUE_REFRESH_SECONDS = 5.0
+PROCESS_CHOICES = (1, 2, 3, 4)  # a local run of several processes (farense-tui train -n N)  # the queue's list follows `farense-tui queue` this often (and when the tab shows)
 
 
 class TrainTab(TabPane):
@@ -43,11 +47,13 @@ class TrainTab(TabPane):
         Binding("o", "open_run", "Open in Monitor", show=False),
         Binding("d", "delete_run", "Delete run", show=False),
         Binding("n", "rename_run", "Rename run", show=False),
+        Binding("m", "pick_processes", "Processes", show=False),
     ]
 
     DEFAULT_CSS = """
     TrainTab #train-bar { height: auto; }
     TrainTab #train-bar Button { margin-right: 1; }
+    TrainTab #processes { width: 19; }
     TrainTab #train-state { padding: 0 1; height: auto; }
     TrainTab #progress-row { height: 1; margin: 0; }
     TrainTab #progress-row ProgressBar { width: 40; }
@@ -60,6 +66,9 @@ class TrainTab(TabPane):
     TrainTab #train-lower { margin-top: 1; }
     TrainTab #runs-box { width: 62; padding-left: 1; }
     TrainTab #runs { height: 1fr; }
+    TrainTab #queue-box { display: none; height: auto; }
+    TrainTab #queue-box.-visible { display: block; }
+    TrainTab #queue { height: auto; max-height: 7; overflow-x: hidden; }
     TrainTab .caption { text-style: bold; color: $accent; }
     TrainTab .hint { color: $text-muted; width: 100%; height: auto; }
     """
@@ -75,7 +84,9 @@ class TrainTab(TabPane):
         self.quitting = False  # the app quits once the run has stopped
         self.history: Optional[RunHistory] = None
         self.background_pid: Optional[int] = None  # the engine of a run followed from another process
+        self.processes = 1  # processes training the run this tab started
         self.auto_resumes: dict[str, int] = {}  # run folder -> automatic resumes so far this session
+        self.queue_read: Optional[tuple] = None  # what the queue list shows: (queue file's mtime, size, runner)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-bar"):
@@ -83,6 +94,11 @@ class TrainTab(TabPane):
             yield Button("Pause (p)", id="pause", disabled=True)
             yield Button("Continue (c)", id="continue", disabled=True)
             yield Button("Stop (x)", id="stop", variant="error", disabled=True)
+            processes = Select([(f"{n} process" + ("es" if n > 1 else ""), n) for n in PROCESS_CHOICES], value=1,
+                               allow_blank=False, id="processes")
+            processes.tooltip = ("m: processes training the next run together on this machine (data-parallel, "
+                                 "mlx.launch); batch_size must divide by them.")
+            yield processes
         yield Static("No run yet. Press s to train with the Config tab's settings.", id="train-state")
         with Horizontal(id="progress-row"):
             yield ProgressBar(total=1, show_eta=False, id="progress")
@@ -96,9 +112,43 @@ class TrainTab(TabPane):
                 table.add_columns("run", "status", "update", "recall", "best val")
                 yield table
                 yield Label("r resume · o open in Monitor · n rename · d delete", classes="hint")
+                with Vertical(id="queue-box"):  # shown once the checkpoints folder has a queue
+                    yield Label("Queue", id="queue-caption", classes="caption")
+                    queue = DataTable(id="queue", cursor_type="none", zebra_stripes=True)
+                    queue.can_focus = False  # read-only: farense-tui queue changes it
+                    queue.add_columns("#", "status", "run")  # why one failed: farense-tui queue list
+                    yield queue
 
     def on_mount(self) -> None:
         self.refresh_runs()
+        self.refresh_queue()
+        self.set_interval(QUEUE_REFRESH_SECONDS, self.refresh_queue, name="queue-refresh")
+
+    # -- the run queue (read-only: `farense-tui queue` adds and runs)
+
+    def refresh_queue(self) -> None:
+        queue = Queue(self.session.checkpoints_dir)
+        try:
+            stat = queue.path.stat()
+            seen = (stat.st_mtime_ns, stat.st_size, (queue.runner() or {}).get("pid"))
+        except OSError:
+            seen = None
+        if seen == self.queue_read:
+            return
+        self.queue_read = seen
+        table = self.query_one("#queue", DataTable)
+        table.clear()
+        try:
+            entries = queue.read()
+            problem = ""
+        except QueueError as e:
+            entries, problem = [], str(e)
+        for entry in entries:
+            table.add_row(str(entry.id), entry.status, entry.name, key=str(entry.id))
+        runner = seen[2] if seen else None
+        who = f"run by pid {runner}" if runner else "farense-tui queue"
+        self.query_one("#queue-caption", Label).update(problem or f"Queue, read-only ({who})")
+        self.query_one("#queue-box").set_class(bool(entries or problem), "-visible")
 
     # -- runs list
 
@@ -125,11 +175,16 @@ class TrainTab(TabPane):
 
     def _begin(self, config: dict, run_dir: Path, resume: bool) -> None:
         link = self.session.links["train"]
+        processes = int(self.query_one("#processes", Select).value)
+        if problem := share_problem(int(config.get("batch_size", 1)), processes):
+            self.show_error(problem)
+            return
         history = self.history = RunHistory()
         self.background_pid = None
+        self.processes = processes
         self.show_error(None)
         try:
-            link.start(history)
+            link.start(history, processes=processes)
         except OSError as e:
             self.show_error(f"The engine could not be started ({e.strerror or e}).")
             return
@@ -138,7 +193,8 @@ class TrainTab(TabPane):
             return
         self.busy, self.run_dir = True, str(run_dir)
         log = self.query_one(EventLog)
-        log.write(f"── {'resuming' if resume else 'starting'} {run_dir} ──")
+        on = f" on {processes} processes" if processes > 1 else ""
+        log.write(f"── {'resuming' if resume else 'starting'} {run_dir}{on} ──")
         self.query_one("#progress", ProgressBar).update(total=1, progress=0)
         self.query_one("#progress-text", Static).update("loading…")
         self._set_state("loading")
@@ -168,8 +224,15 @@ class TrainTab(TabPane):
         self._set_state("stopping")
 
     def detach(self) -> bool:
-        """Leave the run training in the background (the app is quitting)."""
-        return self.busy and self.session.links["train"].detach()
+        """Leave the run training in the background (the app is quitting); a run of several processes
+        cannot be (their launcher lives with the app)."""
+        return self.busy and self.processes == 1 and self.session.links["train"].detach()
+
+    def action_pick_processes(self) -> None:
+        """Open the processes list (how many train the next run together)."""
+        select = self.query_one("#processes", Select)
+        select.focus()
+        select.expanded = True
 
     def action_start(self) -> None:
         if self.busy:
