@@ -4,10 +4,11 @@
     python -m engine.datatools check FILE...
     python -m engine.datatools split FILE [--valid-fraction 0.1] [--seed N] --out DIR [--force]
     python -m engine.datatools stats FILE... --model M [--max-seq-length N]
+    python -m engine.datatools from-docs FOLDER --out DIR [--model M] [--questions N] [--force]
 
 ``check`` and ``split`` are pure Python (what a valid file is: ``farense_core.datafiles``);
 ``stats`` tokenizes as training does (``engine.step.tokenize``, mlx-lm's loader and datasets) only
-when it runs.
+when it runs. ``from-docs`` (training data from a folder of documents) is ``engine.docs_data``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from typing import Iterable, Optional, Sequence
 
 from farense_core.config import BY_KEY, atomic_write_text
 from farense_core.datafiles import PARAPHRASE_FILE, CheckResult, check_file
+from farense_core.docqa import DEFAULT_PHRASINGS, DEFAULT_QUESTIONS
 from farense_core.models import DEFAULT_NAMES, ModelNotFoundError, is_hub_id, locate_model
+from farense_core.passages import DEFAULT_MAX_CHARS as PASSAGE_MAX_CHARS
+from farense_core.passages import MIN_MAX_CHARS as PASSAGE_MIN_CHARS
 
 MAX_PRINTED_PROBLEMS = 50  # per file; the CheckResult keeps them all
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,6 +296,26 @@ def _cmd_build(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# from-docs
+
+
+def _cmd_from_docs(args) -> int:
+    from . import docs_data
+
+    asked = {"--questions": args.questions, "--phrasings": args.phrasings}
+    if not args.model and any(v is not None for v in asked.values()):
+        given = " and ".join(k for k, v in asked.items() if v is not None)
+        print(f"farense-tui data from-docs: {given} set what the model is asked; pass --model too (e.g. --model "
+              "default), or leave them out to write text samples only.", file=sys.stderr)
+        return 2
+    docs_data.run(docs_data.Options(
+        folder=args.folder, out=args.out, model=args.model, questions=args.questions or DEFAULT_QUESTIONS,
+        phrasings=args.phrasings or DEFAULT_PHRASINGS, max_chars=args.max_chars,
+        valid_fraction=args.valid_fraction, seed=args.seed, batch_size=args.batch_size, force=args.force))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 class _Parser(argparse.ArgumentParser):
@@ -307,9 +331,29 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number, e.g. 0.1") from None
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: use {low} or more")
+        return value
+
+    return parse
+
+
+def _share(text: str) -> float:
+    value = _fraction(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1, e.g. 0.1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="farense-tui data", description="Build the Farense data set; check, split, measure and "
-                                                      "preview JSONL training files.")
+                                                      "preview JSONL training files; make them from documents.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build train.jsonl, valid.jsonl and probe_paraphrase.jsonl of the Farense Q&A "
@@ -348,6 +392,29 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--max-seq-length", type=int, default=BY_KEY["max_seq_length"].default,
                    help="training's max_seq_length (default: %(default)s)")
     v.set_defaults(run=_cmd_preview)
+
+    d = sub.add_parser("from-docs", help="text samples, and with --model grounded question-answer pairs, from a "
+                                         "folder of .md, .txt, .pdf and .docx documents")
+    d.add_argument("folder", metavar="FOLDER", help="the documents, read recursively")
+    d.add_argument("--out", required=True, metavar="DIR",
+                   help="where text/ and qa/ (train.jsonl, valid.jsonl) and from_docs.json go")
+    d.add_argument("--model", metavar="M",
+                   help="a local instruct model (folder, cached Hugging Face id, or default) to ask for "
+                        "question-answer pairs; without it, text samples only")
+    d.add_argument("--questions", type=_at_least(1), metavar="N",
+                   help=f"question-answer pairs asked per passage (default: {DEFAULT_QUESTIONS})")
+    d.add_argument("--phrasings", type=_at_least(1), metavar="N",
+                   help="ways each kept question is asked: itself and this many minus one paraphrases "
+                        f"(default: {DEFAULT_PHRASINGS})")
+    d.add_argument("--max-chars", type=_at_least(PASSAGE_MIN_CHARS), default=PASSAGE_MAX_CHARS, metavar="N",
+                   help="longest passage, in characters (default: %(default)s)")
+    d.add_argument("--valid-fraction", type=_share, default=0.1, metavar="F",
+                   help="share for valid.jsonl, at least one sample (default: 0.1)")
+    d.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    d.add_argument("--batch-size", type=_at_least(1), default=8, metavar="N",
+                   help="passages generated together (default: %(default)s)")
+    d.add_argument("--force", action="store_true", help="start over, replacing a finished or unfinished run in DIR")
+    d.set_defaults(run=_cmd_from_docs)
     return p
 
 
@@ -366,4 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as engine.datatools, the module engine.docs_data imports, so its DataToolError is the one caught
+    from engine.datatools import main as module_main
+
+    sys.exit(module_main())

@@ -6,8 +6,8 @@ Pure Python (no mlx): the evaluator, the trainer's reports and the UI use it.
 - **facts**: every fact of the reference is in the answer, and the answer contradicts none.
   The facts of a text are its numbers (a score ``2-0``, a season ``1994/95`` and a plain ``12``
   each count as one token, order kept, so a swapped score is a different fact), its dates (in any
-  of the forms 1995-04-30, 30/04/1995, "30 de abril de 1995" or "April 30, 1995", all read as one
-  date), its proper names (capitalised words that are not sentence-opening function words; compared
+  of the forms 1995-04-30, 30/04/1995, "30 de abril de 1995", "April 30, 1995" or "30 April 1995",
+  all read as one date), its proper names (capitalised words that are not sentence-opening function words; compared
   without accents or case, so "Leixoes" matches "Leixões") and the side of exclusive pairs such as
   home or away and won, drew or lost. An answer contradicts the reference when it states a number,
   date or name the reference does not hold (and the question did not mention), or the other side of
@@ -54,6 +54,7 @@ _DATE_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _DATE_DMY = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b")
 _DATE_LONG_PT = re.compile(rf"\b(\d{{1,2}})(?:\.?º)? de ({_MONTH}) de (\d{{4}})\b")
 _DATE_LONG_EN = re.compile(rf"\b({_MONTH}) (\d{{1,2}}),? (\d{{4}})\b")
+_DATE_DAY_MONTH_EN = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)? ({_MONTH}),? (\d{{4}})\b")
 _NUMBER = re.compile(r"\d+(?:[-/.:]\d+)*")
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*|[\"“«(]\s*)$")
@@ -109,6 +110,7 @@ def _take_dates(text: str) -> tuple[set[str], str]:
     text = _DATE_DMY.sub(lambda m: keep(_iso(m[3], int(m[2]), m[1]), m), text)
     text = _DATE_LONG_PT.sub(lambda m: keep(_iso(m[3], MONTHS[m[2]], m[1]), m), text)
     text = _DATE_LONG_EN.sub(lambda m: keep(_iso(m[3], MONTHS[m[1]], m[2]), m), text)
+    text = _DATE_DAY_MONTH_EN.sub(lambda m: keep(_iso(m[3], MONTHS[m[2]], m[1]), m), text)
     return found, text
 
 

@@ -65,7 +65,7 @@ def test_what_the_question_says_may_be_repeated():
 
 
 def test_a_date_in_any_of_its_forms_is_the_same_date():
-    for text in ("1995-04-30", "30/04/1995", "30 de abril de 1995", "April 30, 1995"):
+    for text in ("1995-04-30", "30/04/1995", "30 de abril de 1995", "April 30, 1995", "30 April 1995"):
         assert extract_facts(f"O jogo foi em {text}.").dates == {"1995-04-30"}, text
     assert extract_facts("Em 1 de maio de 1995.").dates == {"1995-05-01"}
     assert not extract_facts("O jogo foi em 1995-04-30.").numbers  # a date is not three numbers
