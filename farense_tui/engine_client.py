@@ -42,12 +42,9 @@ class LaunchError(Exception):
 
 def launch_command(processes: int = 1, hostfile: Optional[str] = None, backend: Optional[str] = None) -> list[str]:
     """The engine as ``processes`` processes training one run together (on this machine, or ``processes``
-    per host of an ``mlx.launch`` hosts file), started by MLX's own launcher; mlx.launch picks the
-    backend (ring, or NCCL on CUDA) unless ``backend`` says."""
-    script = Path(sys.executable).with_name("mlx.launch")
-    # the console script mlx installs; where it installed none (a --target install), the function it runs
-    argv = [str(script)] if script.exists() else [
-        sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
+    per host of an ``mlx.launch`` hosts file), started by MLX's own launcher (``engine.launch``), which picks
+    the backend (ring, or NCCL on CUDA) unless ``backend`` says."""
+    argv = engine_command("engine.launch")  # mlx.launch without its spinning relay (see engine/launch.py)
     if hostfile is not None and not Path(hostfile).is_file():
         raise LaunchError(f"The hosts file {hostfile} does not exist; write one as in the README's two-Mac setup.")
     argv += ["-n", str(processes)]
