@@ -16,12 +16,12 @@ from .engine_client import engine_command, engine_env
 
 # name -> (where it runs, what it does)
 SUBCOMMANDS = {
-    "train": ("farense_tui.commands.train", "train headless: --config FILE --run-dir DIR [--resume] [--detach]"),
+    "train": ("farense_tui.commands.train", "train headless: --config FILE --run-dir DIR [--resume] [--detach] [-n N | --hosts FILE]"),
     "attach": ("farense_tui.commands.attach", "follow a run training in the background: DIR [--stop]"),
     "queue": ("farense_tui.commands.queue", "queue runs and sweeps; train them one after another: add, list, run"),
     "preflight": ("farense_tui.commands.preflight", "check this machine, the data and the model; recommend a config"),
     "chat": ("farense_tui.commands.chat", "chat with a model and adapter (one-shot with --prompt)"),
-    "data": ("engine.datatools", "build the Farense data set; check, split, measure and preview JSONL files"),
+    "data": ("engine.datatools", "build the Farense data set; check, split, measure, preview JSONL; data from documents"),
     "model": ("engine.models", "install the default model; import a GGUF file"),
     "eval": ("engine.evaluate", "ask a model (and adapter) the data's questions; score what it knows"),
     "export": ("engine.export", "export a run: adapter, fused MLX, GGUF (llama.cpp), Ollama, LM Studio"),
