@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as _dt
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent
+from textual.widgets import Header, TabbedContent
 from textual.worker import Worker, WorkerState
 
 from farense_core import protocol as P
@@ -35,6 +36,7 @@ from .tabs.monitor import MonitorTab
 from .tabs.preflight import PreflightTab
 from .tabs.train import TrainTab
 from .widgets.help_screen import HelpScreen
+from .widgets.key_footer import KeyFooter
 from .widgets.choice_screen import Choice, ChoiceScreen
 
 TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
@@ -86,7 +88,7 @@ class FarenseApp(App):
         with TabbedContent(initial="preflight"):
             for tab_class in TAB_CLASSES:
                 yield tab_class(self.session)
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def tab_keys(self) -> dict[str, str]:
         """Tab id -> the key of the binding that shows it ("F3"), for the tabs' hints."""
@@ -134,9 +136,9 @@ class FarenseApp(App):
         pane = self.query_one(f"#{tab}")
         # focus the tab's main control (or its first), so typing and its keys work at once
         main = getattr(pane, "FOCUS_FIRST", "")
-        focusable = [w for w in pane.query(main or "*") if w.focusable]
-        if focusable:
-            focusable[0].focus()
+        first = next((w for w in pane.query(main or "*") if w.focusable), None)
+        if first is not None:
+            first.focus()
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
@@ -146,6 +148,8 @@ class FarenseApp(App):
         elif event.pane.id == "train":
             self.train_tab.refresh_runs()
             self.train_tab.refresh_queue()
+        elif event.pane.id == "monitor":
+            self.monitor_tab.redraw()  # what changed while another tab showed
 
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
@@ -166,6 +170,9 @@ class FarenseApp(App):
 
     def on_training_started(self, message: TrainingStarted) -> None:
         self.monitor_tab.follow(message.history)
+        # the app's widgets live until it quits: the collector's full passes need not walk them again
+        # (one pass over them took some 100 ms of a busy machine, the slowest tab switches)
+        gc.freeze()
 
     # -- keys, help, palette, quitting
 
@@ -286,6 +293,7 @@ class FarenseApp(App):
     async def on_unmount(self) -> None:
         # however the app ends, its engine readers must end too (their threads would hold up the exit)
         await self._close_engines()
+        gc.unfreeze()  # what the app held can be collected again (tests run many apps in one process)
 
     async def _close_engines(self) -> None:
         running = [link for link in self.links.values() if link.running]

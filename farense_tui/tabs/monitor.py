@@ -1,8 +1,8 @@
 """The Monitor tab: memory gauges, the current figures, a loss sparkline, plots of loss, recall
 (what share of the probe's answers the model reproduces), learning rate and memory, and the
-engine's latest advice. It draws a run's history on a timer (twice a second, and
-only when something changed), whether the run is live or a past one opened from its files.
-Other runs of the checkpoints folder can be picked (ctrl+r) to draw their loss over it."""
+engine's latest advice. It draws a run's history on a timer (twice a second, only when something
+changed and the tab shows; the app redraws it as it shows), whether the run is live or a past one
+opened from its files. Other runs of the checkpoints folder can be picked (ctrl+r) to draw their loss over it."""
 
 from __future__ import annotations
 
@@ -217,6 +217,8 @@ class MonitorTab(TabPane):
     # -- drawing (on the timer)
 
     def redraw(self) -> None:
+        if not self.display:  # behind another tab: no layout of the whole screen per update for nothing
+            return
         snap = self.history.snapshot() if self.history is not None else None
         version = snap.version if snap is not None else -1
         if version == self._drawn_version and self._overlays_version == self._drawn_overlays:

@@ -57,7 +57,7 @@ class TrainTab(TabPane):
     TrainTab #train-state { padding: 0 1; height: auto; }
     TrainTab #progress-row { height: 1; margin: 0; }
     TrainTab #progress-row ProgressBar { width: 40; }
-    TrainTab #progress-text { width: 1fr; }
+    TrainTab #progress-text { width: 1fr; height: 1; }
     TrainTab #train-error {
         display: none; border: round $error; color: $error; max-height: 14; overflow-y: auto;
         padding: 0 1; margin-top: 1;
@@ -381,7 +381,8 @@ class TrainTab(TabPane):
         self.query_one("#progress-text", Static).update(
             f" update {step.step}/{step.total_steps} · epoch {step.epoch} ({step.epoch_progress:.0%}) · "
             f"elapsed {duration(step.elapsed)} · ETA {duration(step.eta)} · "
-            f"loss {format_loss(step.loss)}"
+            f"loss {format_loss(step.loss)}",
+            layout=False,  # one line whatever it says: no layout of the whole screen per update
         )
 
     def on_engine_event(self, message: EngineEvent) -> None:

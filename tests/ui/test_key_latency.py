@@ -1,0 +1,93 @@
+"""What keeps a tab switch cheap while a run trains (issue 13; bench/profile_ui_keys.py measures it): the
+Config tab's list does not restyle its fields as it gains or loses focus, the footer is rebuilt only when
+its keys change (and lets the keys it removed go), the Monitor draws only while it shows, and a training
+app keeps its long-lived objects out of the garbage collector's full passes."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+from textual.widgets import Static
+from textual.widgets._footer import FooterKey
+from ui_helpers import SIZE, wait_for
+
+from farense_tui.widgets.key_footer import KeyFooter
+
+pytestmark = pytest.mark.slow  # a Textual app per test
+
+
+async def test_switching_to_the_config_tab_does_not_restyle_its_fields(app_factory, monkeypatch):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+        await pilot.press("f3")
+        await pilot.pause()
+        restyled = []
+        update_nodes = app.stylesheet.update_nodes
+
+        def counting(nodes, animate=False):
+            nodes = list(nodes)
+            restyled.extend(nodes)
+            return update_nodes(nodes, animate=animate)
+
+        monkeypatch.setattr(app.stylesheet, "update_nodes", counting)
+        for key in ("f2", "f3") * 3:
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen.focused is (app.query_one("#settings") if key == "f2" else app.query_one("#start"))
+        fields = set(app.config_tab.query("SettingField, SettingField *"))
+        assert len(fields) > 100 and not fields & set(restyled)
+
+
+def footer_keys(app) -> list[FooterKey]:
+    return list(app.query_one(KeyFooter).query(FooterKey))
+
+
+async def test_the_footer_follows_the_tab_and_lets_removed_keys_go(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        removed = []
+        for key in ("f2", "f3") * 4:
+            before = footer_keys(app)
+            await pilot.press(key)
+            await pilot.pause()
+            shown = {k.description for k in footer_keys(app)}
+            assert ("Load YAML" in shown, "Start" in shown) == (key == "f2", key == "f3")
+            removed += [weakref.ref(k) for k in before if not k.is_attached]
+        assert len(removed) >= 8 * 3
+        # focus moving from one setting's box to the next: the same keys, not rebuilt
+        await pilot.press("f2", "tab")
+        await pilot.pause()
+        assert app.screen.focused.id == "setting-model"
+        before = footer_keys(app)
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.screen.focused.id == "setting-data" and footer_keys(app) == before
+        gc.collect()
+        assert [r() for r in removed if r() is not None] == []
+
+
+async def test_the_monitor_draws_only_while_it_shows(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3", "s")
+        await wait_for(pilot, lambda: app.train_tab.state == "completed", "the run to complete")
+        monitor = app.monitor_tab
+        monitor.redraw()  # what its timer does: nothing while the Train tab shows
+        assert monitor.history is not None and monitor._drawn_version == -1
+        assert str(app.query_one("#figures", Static).render()) == ""
+        await pilot.press("f4")  # drawn as it shows, not on the timer's next tick
+        await wait_for(pilot, lambda: monitor._drawn_version == monitor.history.version, "the redraw")
+        assert "update 40/40" in str(app.query_one("#figures", Static).render())
+
+
+async def test_a_training_app_freezes_its_objects_until_it_quits(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        assert gc.get_freeze_count() == 0
+        await pilot.press("f3", "s")
+        await wait_for(pilot, lambda: gc.get_freeze_count() > 0, "the app's objects frozen")
+    assert gc.get_freeze_count() == 0  # collectable again once it has quit
