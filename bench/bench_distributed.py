@@ -20,13 +20,12 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_train import bench_model, mixed_data, run_ours  # noqa: E402
+from bench_train import bench_model, mixed_data, mlx_lm_command, run_ours  # noqa: E402
 
 from farense_tui.engine_client import engine_env, launch_command  # noqa: E402
 
@@ -39,15 +38,8 @@ def threads_env(threads: int | None) -> dict | None:
 
 def run_peer(model: str, data: Path, args, work: Path) -> dict:
     """mlx_lm.lora on ``args.processes`` processes (its trainer shares the batch the same way)."""
-    iters = args.samples // args.batch_size
-    adapter = work / f"mlxlm-{time.time_ns()}"
     launcher = launch_command(args.processes, None, args.backend)
-    cmd = launcher[:launcher.index("--") + 1] + [
-        sys.executable, str(ROOT / "bench" / "mlx_lm_lora_peer.py"), "--model", model, "--train", "--data", str(data),
-        "--batch-size", str(args.batch_size), "--iters", str(iters), "--num-layers", str(args.num_layers),
-        "--max-seq-length", str(args.max_seq_length), "--learning-rate", "1e-5", "--steps-per-report", str(iters),
-        "--steps-per-eval", "100000", "--val-batches", "1", "--save-every", "100000", "--adapter-path", str(adapter),
-        "--seed", "0"]
+    cmd = launcher[:launcher.index("--") + 1] + mlx_lm_command(model, data, args, work)
     p = subprocess.run(cmd, capture_output=True, text=True, env=engine_env(threads_env(args.threads)))
     try:
         report = next(json.loads(line)[-1] for line in reversed(p.stdout.strip().splitlines()) if line.startswith("["))

@@ -74,21 +74,25 @@ def run_ours(model: str, data: Path, args, work: Path, extra: tuple = (), env: d
     data_ev = next(e for e in events if e["type"] == "data")
     final_eval = [e for e in events if e["type"] == "eval"]
     steps = [e for e in events if e["type"] == "step"]
-    warm = steps[min(3, len(steps) - 1)]
+    warm = steps[max(0, min(3, len(steps) - 2))]  # a short run: from its first update
     steady = (steps[-1]["trained_tokens"] - warm["trained_tokens"]) / max(steps[-1]["elapsed"] - warm["elapsed"], 1e-9)
     return {"steady_tokens_per_second": steady, "ranks": steps[-1].get("ranks", []),"train_seconds": s["elapsed"], "tokens": s["trained_tokens"], "peak_gb": s["peak_memory"] / 1e9,
             "wall": wall, "padding_efficiency": data_ev["padding_efficiency"], "updates": s["updates"],
             "final_eval_seconds": final_eval[-1]["val_time"] if final_eval else 0.0}
 
 
-def run_mlx_lm(model: str, data: Path, args, work: Path) -> dict:
+def mlx_lm_command(model: str, data: Path, args, work: Path) -> list[str]:
+    """``mlx_lm.lora`` (through bench/mlx_lm_lora_peer.py, which records its reports) with the bench's settings."""
     iters = args.samples // args.batch_size
-    adapter = work / f"mlxlm-{time.time_ns()}"
-    cmd = [sys.executable, str(ROOT / "bench" / "mlx_lm_lora_peer.py"), "--model", model, "--train", "--data",
-           str(data), "--batch-size", str(args.batch_size), "--iters", str(iters), "--num-layers",
-           str(args.num_layers), "--max-seq-length", str(args.max_seq_length), "--learning-rate", "1e-5",
-           "--steps-per-report", str(iters), "--steps-per-eval", "100000", "--val-batches", "1",
-           "--save-every", "100000", "--adapter-path", str(adapter), "--seed", "0"]
+    return [sys.executable, str(ROOT / "bench" / "mlx_lm_lora_peer.py"), "--model", model, "--train", "--data",
+            str(data), "--batch-size", str(args.batch_size), "--iters", str(iters), "--num-layers",
+            str(args.num_layers), "--max-seq-length", str(args.max_seq_length), "--learning-rate", "1e-5",
+            "--steps-per-report", str(iters), "--steps-per-eval", "100000", "--val-batches", "1",
+            "--save-every", "100000", "--adapter-path", str(work / f"mlxlm-{time.time_ns()}"), "--seed", "0"]
+
+
+def run_mlx_lm(model: str, data: Path, args, work: Path) -> dict:
+    cmd = mlx_lm_command(model, data, args, work)
     tic = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=engine_env())
     wall = time.perf_counter() - tic

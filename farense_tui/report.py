@@ -102,19 +102,20 @@ class RunData:
         y = pick(ys)
         return y, xs[ys.index(y)]
 
-    @property
-    def best_val_loss(self) -> Optional[tuple[float, Optional[int]]]:
-        found = self.best("val_loss", min)
-        if found is None and self.summary.get("best_val_loss") is not None:
-            found = (float(self.summary["best_val_loss"]), None)
+    def best_or_summary(self, column: str, pick: Callable) -> Optional[tuple[float, Optional[int]]]:
+        """The best value of a column and its update; else the summary's best_<column> (update unknown)."""
+        found = self.best(column, pick)
+        if found is None and self.summary.get(f"best_{column}") is not None:
+            found = (float(self.summary[f"best_{column}"]), None)
         return found
 
     @property
+    def best_val_loss(self) -> Optional[tuple[float, Optional[int]]]:
+        return self.best_or_summary("val_loss", min)
+
+    @property
     def best_recall(self) -> Optional[tuple[float, Optional[int]]]:
-        found = self.best("recall", max)
-        if found is None and self.summary.get("best_recall") is not None:
-            found = (float(self.summary["best_recall"]), None)
-        return found
+        return self.best_or_summary("recall", max)
 
     @property
     def updates(self) -> int:

@@ -165,7 +165,7 @@ def shared_problem(args: argparse.Namespace, raw: dict) -> Optional[str]:
     """One sentence when a run cannot be shared as asked (checked again by the engine, which knows the
     hosts file's count)."""
     if args.processes < 1:
-        return f"-n must be 1 or more processes, not {args.processes}."
+        return f"-n is {args.processes}, but it counts processes: give 1 or more (-n 2 trains on two)."
     if args.detach:
         return ("--detach cannot leave a run of several processes in the background; run it inside tmux or screen "
                 "instead.")
