@@ -49,17 +49,19 @@ def mixed_data(folder: Path, n: int, seed: int = 0, equal: bool = False) -> Path
     return folder
 
 
-def run_ours(model: str, data: Path, args, work: Path, extra: tuple = (), env: dict | None = None) -> dict:
-    """One headless run (``extra``: more train flags, e.g. ``-n 2``); its times, tokens and peak memory, and
-    its steady throughput (tokens per second of training after the first 3 updates, which compile)."""
+def run_ours(model: str, data: Path, args, work: Path, extra: tuple = (), env: dict | None = None,
+             settings: dict | None = None) -> dict:
+    """One headless run (``extra``: more train flags, e.g. ``-n 2``; ``settings``: config keys over the
+    bench's); its times, tokens and peak memory, and its steady throughput (tokens per second of training
+    after the first 3 updates, which compile)."""
     import yaml
 
-    iters = args.samples // args.batch_size
+    iters = getattr(args, "epochs", 1) * args.samples // args.batch_size
     cfg = {"model": model, "data": str(data), "batch_size": args.batch_size, "iters": iters,
            "num_layers": args.num_layers, "max_seq_length": args.max_seq_length, "learning_rate": 1e-5,
            "lora_parameters": {"rank": 8, "scale": 20.0, "dropout": 0.0}, "steps_per_eval": 100000,
            "save_every": 100000, "val_batches": 1, "base_dtype": "float32" if not args.keep_dtype else "keep",
-           "clear_cache_every": 0, "memory_guard_gb": 0.0, "seed": 0}
+           "clear_cache_every": 0, "memory_guard_gb": 0.0, "seed": 0, **(settings or {})}
     cfg_file = work / "ours.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     run_dir = work / f"ours-{time.time_ns()}"
@@ -76,14 +78,15 @@ def run_ours(model: str, data: Path, args, work: Path, extra: tuple = (), env: d
     steps = [e for e in events if e["type"] == "step"]
     warm = steps[max(0, min(3, len(steps) - 2))]  # a short run: from its first update
     steady = (steps[-1]["trained_tokens"] - warm["trained_tokens"]) / max(steps[-1]["elapsed"] - warm["elapsed"], 1e-9)
-    return {"steady_tokens_per_second": steady, "ranks": steps[-1].get("ranks", []),"train_seconds": s["elapsed"], "tokens": s["trained_tokens"], "peak_gb": s["peak_memory"] / 1e9,
+    return {"steady_tokens_per_second": steady, "ranks": steps[-1].get("ranks", []), "train_seconds": s["elapsed"],
+            "tokens": s["trained_tokens"], "peak_gb": s["peak_memory"] / 1e9, "frozen_cache": s.get("frozen_cache"),
             "wall": wall, "padding_efficiency": data_ev["padding_efficiency"], "updates": s["updates"],
             "final_eval_seconds": final_eval[-1]["val_time"] if final_eval else 0.0}
 
 
 def mlx_lm_command(model: str, data: Path, args, work: Path) -> list[str]:
     """``mlx_lm.lora`` (through bench/mlx_lm_lora_peer.py, which records its reports) with the bench's settings."""
-    iters = args.samples // args.batch_size
+    iters = getattr(args, "epochs", 1) * args.samples // args.batch_size
     return [sys.executable, str(ROOT / "bench" / "mlx_lm_lora_peer.py"), "--model", model, "--train", "--data",
             str(data), "--batch-size", str(args.batch_size), "--iters", str(iters), "--num-layers",
             str(args.num_layers), "--max-seq-length", str(args.max_seq_length), "--learning-rate", "1e-5",
@@ -143,6 +146,9 @@ def main() -> int:
     ap.add_argument("--num-layers", type=int, default=8)
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the samples (both tools)")
+    ap.add_argument("--without-cache", action="store_true",
+                    help="also run ours with frozen_cache: off (a third column: what the cache adds)")
     ap.add_argument("--keep-dtype", action="store_true", help="train on the base as stored (no float32)")
     ap.add_argument("--equal", action="store_true", help="every sample cut to max_seq_length (no padding for anyone)")
     ap.add_argument("--markdown", action="store_true")
@@ -152,38 +158,45 @@ def main() -> int:
     model = bench_model(args.model, work, args.keep_dtype)
     data = mixed_data(work / "data", args.samples, equal=args.equal)
 
-    results = {"ours": [], "mlx_lm.lora": []}
-    for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both
-        results["mlx_lm.lora"].append(run_mlx_lm(model, data, args, work))
-        results["ours"].append(run_ours(model, data, args, work))
+    sides = {"mlx_lm.lora": lambda: run_mlx_lm(model, data, args, work),
+             "farense-tui": lambda: run_ours(model, data, args, work)}
+    if args.without_cache:
+        sides["ours, no cache"] = lambda: run_ours(model, data, args, work, settings={"frozen_cache": "off"})
+    results = {name: [] for name in sides}
+    for _ in range(args.repeats):  # alternate, so drift on a shared machine hits every side
+        for name, run in sides.items():
+            results[name].append(run())
 
-    def best(rs):
-        return min(rs, key=lambda r: r["train_seconds"])
-
-    ours, peer = best(results["ours"]), best(results["mlx_lm.lora"])
-    samples = args.samples
+    best = {name: min(rs, key=lambda r: r["train_seconds"]) for name, rs in results.items()}
+    peer, ours = best["mlx_lm.lora"], best["farense-tui"]
+    seen = args.samples * args.epochs
+    names = list(sides)
     rows = [
-        ("train time for the same samples (s)", f"{peer['train_seconds']:.2f}", f"{ours['train_seconds']:.2f}",
-         f"{peer['train_seconds'] / ours['train_seconds']:.2f}x speed"),
-        ("samples / s", f"{samples / peer['train_seconds']:.1f}", f"{samples / ours['train_seconds']:.1f}", ""),
-        ("loss tokens / s (each tool's own count)", f"{peer['tokens'] / peer['train_seconds']:.0f}",
-         f"{ours['tokens'] / ours['train_seconds']:.0f}", ""),
-        ("peak MLX memory (GB)", f"{peer['peak_gb']:.3f}", f"{ours['peak_gb']:.3f}", ""),
-        ("wall time incl. load (s)", f"{peer['wall']:.1f}", f"{ours['wall']:.1f}", ""),
+        ("train time for the same samples (s)", *(f"{best[n]['train_seconds']:.2f}" for n in names)),
+        ("speed ratio (mlx_lm.lora time / this)", *(f"{peer['train_seconds'] / best[n]['train_seconds']:.2f}x"
+                                                    for n in names)),
+        ("samples / s", *(f"{seen / best[n]['train_seconds']:.1f}" for n in names)),
+        ("loss tokens / s (each tool's own count)", *(f"{best[n]['tokens'] / best[n]['train_seconds']:.0f}"
+                                                      for n in names)),
+        ("peak MLX memory (GB)", *(f"{best[n]['peak_gb']:.3f}" for n in names)),
+        ("wall time incl. load (s)", *(f"{best[n]['wall']:.1f}" for n in names)),
     ]
+    fc = ours.get("frozen_cache")
     head = (f"{datetime.date.today()} {platform.machine()} {platform.system()} | model {args.model} | "
-            f"{samples} samples ({'all cut to max_seq_length' if args.equal else 'half long answers'}), batch {args.batch_size}, {args.num_layers} layers, "
-            f"max_seq_length {args.max_seq_length}, best of {args.repeats} | our padding efficiency "
-            f"{ours['padding_efficiency']:.0%}")
-    print(head + " | ratio = mlx_lm.lora time / ours (above 1: ours is faster)")
+            f"{args.samples} samples ({'all cut to max_seq_length' if args.equal else 'half long answers'}) x "
+            f"{args.epochs} epochs, batch {args.batch_size}, {args.num_layers} layers, max_seq_length "
+            f"{args.max_seq_length}, best of {args.repeats} | our padding efficiency {ours['padding_efficiency']:.0%}"
+            f" | frozen-block cache: " + (f"{fc['blocks']} blocks, {fc['bytes'] / 1e9:.2f} GB host memory, "
+                                          f"{fc['hits']} hits, {fc['misses']} misses" if fc else "off"))
+    print(head)
     if args.markdown:
-        print("\n| measure | mlx_lm.lora | farense-tui | ratio |\n|---|---|---|---|")
+        print("\n| measure | " + " | ".join(names) + " |\n|---" * (len(names) + 1) + "|")
         for r in rows:
             print("| " + " | ".join(r) + " |")
     else:
-        print(f"{'measure':<42}{'mlx_lm.lora':>14}{'farense-tui':>14}  ratio")
+        print(f"{'measure':<42}" + "".join(f"{n:>16}" for n in names))
         for r in rows:
-            print(f"{r[0]:<42}{r[1]:>14}{r[2]:>14}  {r[3]}")
+            print(f"{r[0]:<42}" + "".join(f"{v:>16}" for v in r[1:]))
     return 0
 
 

@@ -39,6 +39,7 @@ from farense_core.schedule import learning_rate_at, warmup_problem
 
 from . import checkpoints as ckpt
 from . import distributed
+from . import frozen
 from .awake import keep_awake, let_sleep
 from . import recall as probes
 from .datatools import length_stats
@@ -179,7 +180,9 @@ class Run:
         self.prepare_probe(data_dir, train_rows)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.init(self.model.trainable_parameters())
-        self.value_and_grad = nn.value_and_grad(self.model, summed_loss)
+        self.frozen_cache = self.prepare_frozen_cache()
+        loss = self.frozen_cache.split.loss if self.frozen_cache else summed_loss
+        self.value_and_grad = nn.value_and_grad(self.model, loss)
         if cfg["grad_checkpoint"]:
             from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -187,6 +190,26 @@ class Run:
         self.adapter_config = adapter_config(cfg, self.model_name)
         self.guard = DivergenceGuard(cfg["divergence_factor"], cfg["divergence_patience"])
         self.progress = Progress(self.best_by, cfg["early_stop"])
+
+    def prepare_frozen_cache(self) -> Optional[frozen.Cache]:
+        """The frozen-block cache (``engine.frozen``) when ``frozen_cache`` and the run allow it; a log line
+        says whether it is on and why."""
+        cfg = self.cfg
+        k = frozen.frozen_blocks(self.model, cfg)
+        repeats = self.total_updates > self.updates_per_epoch
+        problem = None
+        if k and repeats and cfg["frozen_cache"] != "off":
+            problem = frozen.split_problem(self.model, k, self.train.tokens[0])
+        if problem:
+            self.ctx.emit(P.Log(message=f"Frozen-block cache off: {problem}."))
+            return None
+        rows = [(len(self.world.share(mb)) or 1,
+                 batching.padded_length(max(min(self.train.lengths[i], cfg["max_seq_length"]) for i in mb),
+                                        cfg["max_seq_length"], self.pad_multiple) - 1) for mb in self.batches]
+        size = frozen.expected_bytes(self.model, rows) if k else 0
+        on, why = frozen.decide(cfg["frozen_cache"], k, repeats, size, psutil.virtual_memory().available)
+        self.ctx.emit(P.Log(message=f"Frozen-block cache {why}."))
+        return frozen.Cache(frozen.Split(self.model, k)) if on else None
 
     def prepare_probe(self, data_dir: Path, train_rows: list[dict]) -> None:
         """``eval_samples`` trained questions and as many paraphrases (when the data folder has
@@ -500,6 +523,8 @@ class Run:
                                                    self.pad_multiple)
                 if not share:  # a short last micro-batch left this process nothing: a row that carries no loss
                     mask = mx.zeros_like(mask)
+                if self.frozen_cache is not None:
+                    inputs = self.frozen_cache.state(tuple(share or idx[:1]), inputs)
                 if world.shared:
                     own_tokens = own_tokens + mask.sum()
                 loss_sum, ntoks, grads = self.step(inputs, targets, mask, loss_sum, ntoks, grads, last)
@@ -581,6 +606,7 @@ class Run:
             "best_recall": p.best_recall, "best_by": self.best_by,
             "best_step": p.best_step, "peak_memory": int(mx.get_peak_memory()),
             "adapters": str(self.rd.best), "final": str(self.rd.final),
+            "frozen_cache": self.frozen_cache.figures() if self.frozen_cache else None,
         }
 
     def finish(self, status: str) -> dict:

@@ -243,6 +243,10 @@ SETTINGS: list[Setting] = [
     Setting("optimizer", "adam", "training", "adam, adamw, sgd or adafactor.", _choice(*OPTIMIZER_NAMES)),
     Setting("optimizer_config", {}, "training", "Extra optimizer settings, as in mlx-lm.", _optimizer_config),
     Setting("grad_checkpoint", False, "training", "Recompute activations to save memory.", _bool),
+    Setting("frozen_cache", "auto", "training",
+            "Keep the frozen blocks' output from the first epoch and start later epochs' steps above them: auto "
+            "when the run repeats its data and the cache fits in a quarter of available memory; on; off.",
+            _choice("auto", "on", "off")),
     Setting("seed", 0, "training", "Seed for the data order, LoRA init and dropout.", _int(0, 2**31 - 1)),
     # LoRA
     Setting("num_layers", 16, "lora", "Transformer blocks to adapt, from the last (-1 for all).",

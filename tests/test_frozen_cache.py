@@ -1,0 +1,114 @@
+"""The frozen-block cache (engine/frozen.py): later epochs start their steps above the frozen blocks, and
+train what a run without the cache trains; a resumed run stays bit-identical."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
+from farense_core import protocol as P
+
+
+def logs(events) -> list[str]:
+    return [e.message for e in events if isinstance(e, P.Log) and e.message.startswith("Frozen-block cache")]
+
+
+def test_the_split_computes_the_models_own_logits(tiny_model):
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from engine import frozen
+
+    model, tok = load(str(tiny_model))
+    x = mx.array([tok.encode("O Farense venceu o Olhanense por 2-1.")])
+    for k in (1, 2, 3):
+        split = frozen.Split(model, k)
+        assert mx.array_equal(split.logits(split.bottom(x)), model(x)).item()
+        assert frozen.split_problem(model, k, x[0].tolist()) is None
+
+
+def test_a_model_the_split_does_not_know_is_refused_in_words(tiny_model):
+    from mlx_lm import load
+
+    from engine import frozen
+
+    model, _ = load(str(tiny_model))
+    model.args.model_type = "gemma2"
+    assert "not gemma2" in frozen.split_problem(model, 2, [1, 2, 3])
+    model.args.model_type = "llama"
+    model.model.norm = None  # a head that is not where the split looks: the logits differ, so no cache
+    assert frozen.split_problem(model, 2, [1, 2, 3]) is not None
+
+
+def test_the_decision_in_words():
+    from engine.frozen import decide
+
+    assert decide("off", 2, True, 10, 100) == (False, "off (frozen_cache: off)")
+    assert decide("auto", 0, True, 10, 100)[0] is False
+    assert "once" in decide("auto", 2, False, 10, 100)[1]
+    over = decide("auto", 2, True, 30, 100)
+    assert over[0] is False and "frozen_cache: on forces it" in over[1]
+    assert decide("on", 2, True, 30, 100)[0] is True
+    assert decide("auto", 2, True, 25, 100)[0] is True
+
+
+@pytest.mark.slow
+def test_later_epochs_start_above_the_frozen_blocks_and_train_the_same_adapter(tiny_model, tiny_data, tmp_path):
+    # 3 epochs of LoRA on the top 2 of 4 blocks: the first epoch computes every micro-batch's state, the
+    # other two take it from the cache
+    common = dict(epochs=3, iters=None, steps_per_eval=1000, save_every=1000, eval_samples=0)
+    done, events = train_in_process(base_config(tiny_model, tiny_data, **common), tmp_path / "cached")
+    data = next(e for e in events if isinstance(e, P.Data))
+    cache = done.summary["frozen_cache"]
+    assert cache["blocks"] == 2 and cache["bytes"] > 0
+    assert cache["misses"] == data.batches_per_epoch and cache["hits"] == 2 * data.batches_per_epoch
+    assert logs(events) and logs(events)[0].startswith("Frozen-block cache on: the 2 frozen blocks")
+
+    off, off_events = train_in_process(base_config(tiny_model, tiny_data, frozen_cache="off", **common),
+                                       tmp_path / "plain")
+    assert off.summary["frozen_cache"] is None and logs(off_events) == ["Frozen-block cache off (frozen_cache: off)."]
+    assert [s.loss for s in events if isinstance(s, P.Step)] == pytest.approx(
+        [s.loss for s in off_events if isinstance(s, P.Step)], rel=1e-5)
+    a = adapter_arrays(tmp_path / "cached" / "final" / "adapters.safetensors")
+    b = adapter_arrays(tmp_path / "plain" / "final" / "adapters.safetensors")
+    for k in a:
+        assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-5, k
+
+
+@pytest.mark.slow
+def test_no_cache_where_it_cannot_pay(tiny_model, tiny_data, tmp_path):
+    one_epoch, events = train_in_process(base_config(tiny_model, tiny_data, epochs=1, iters=None, eval_samples=0),
+                                         tmp_path / "one")
+    assert one_epoch.summary["frozen_cache"] is None
+    assert logs(events) == ["Frozen-block cache off: the run sees each micro-batch once."]
+    every, events = train_in_process(base_config(tiny_model, tiny_data, num_layers=-1, eval_samples=0),
+                                     tmp_path / "all")
+    assert every.summary["frozen_cache"] is None and "every block is trained" in logs(events)[0]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_a_later_epoch_is_bit_identical_with_the_cache(tiny_model, tiny_data, tmp_path):
+    from engine.server import Context
+    from engine.trainer import train
+
+    cfg = base_config(tiny_model, tiny_data, epochs=3, iters=None, save_every=2, eval_samples=0)
+    whole, _ = train_in_process(cfg, tmp_path / "whole")
+    assert whole.summary["frozen_cache"]["hits"] > 0
+    per_epoch = whole.summary["total_updates"] // 3
+    stop_at = per_epoch + 2  # inside the second epoch: the resumed process starts with an empty cache
+
+    class StopAt(Context):
+        def emit(self, record):
+            super().emit(record)
+            if isinstance(record, P.Step) and record.step == stop_at:
+                self.stop_requested.set()
+
+    stopped = train(StopAt(io.StringIO()), cfg, tmp_path / "resumed")
+    assert stopped.status == "stopped" and stopped.summary["updates"] == stop_at
+    resumed, _ = train_in_process(cfg, tmp_path / "resumed", resume=True)
+    assert resumed.status == "completed" and resumed.summary["frozen_cache"]["misses"] > 0
+    assert_bit_identical(adapter_arrays(tmp_path / "whole" / "final" / "adapters.safetensors"),
+                         adapter_arrays(tmp_path / "resumed" / "final" / "adapters.safetensors"))
