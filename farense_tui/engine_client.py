@@ -152,10 +152,11 @@ class EngineProcess:
         self.detached = True
         return True
 
-    def close(self, timeout: float = 120.0) -> None:
+    def close(self, timeout: float = 120.0, wait: bool = True) -> None:
         """Ask the engine to shut down (a training run finishes its update and checkpoints first, which
         on a large model takes a while); terminate it only if it does not within ``timeout``. A
-        detached engine is only let go."""
+        detached engine is only let go; so is one that has nothing left to write (``wait=False``: it ends
+        on its own, and its teardown is not the caller's wait)."""
         if not self.proc:
             return
         if self.detached:
@@ -173,6 +174,8 @@ class EngineProcess:
                     self.proc.stdin.close()
             except OSError:
                 pass
+            if not wait:
+                return
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -149,3 +149,42 @@ def test_side_by_side_wraps_each_column():
 def test_the_chat_command_does_not_import_mlx():
     code = "import sys, farense_tui.commands.chat; assert not any(m.startswith('mlx') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, env=ENV, timeout=60)
+
+
+def test_a_one_shot_does_not_wait_for_the_engines_teardown(tmp_path, monkeypatch, capsys):
+    """The answer is out: the command returns while the engine still tears down (seconds on a GPU, with
+    its libraries unloading); the engine ends on its own."""
+    import time
+
+    from farense_tui import engine_client
+    from farense_tui.commands import chat as cli
+
+    slow = tmp_path / "slow_engine.py"  # answers, then takes 5 s to end once told to shut down
+    slow.write_text(
+        "import sys, time\n"
+        "sys.path.insert(0, %r)\n"
+        "from farense_core import protocol as P\n"
+        "for line in sys.stdin:\n"
+        "    cmd = P.parse_command(line)\n"
+        "    if isinstance(cmd, P.Shutdown):\n"
+        "        break\n"
+        "    if isinstance(cmd, P.ChatLoad):\n"
+        "        print(P.ChatLoaded(model='m').to_line(), flush=True)\n"
+        "    if isinstance(cmd, P.Chat):\n"
+        "        print(P.Token(id=cmd.id, text='Faro.').to_line(), flush=True)\n"
+        "        print(P.ReplyDone(id=cmd.id, text='Faro.', finish_reason='stop').to_line(), flush=True)\n"
+        "    print(P.Finished(command=cmd.type, id=getattr(cmd, 'id', '')).to_line(), flush=True)\n"
+        "time.sleep(5)\n" % str(engine_client.__file__.rsplit("/farense_tui/", 1)[0]))
+    started = []
+    real = engine_client.EngineProcess
+
+    def engine(*a, **kw):
+        started.append(real(argv=[sys.executable, str(slow)]))
+        return started[-1]
+
+    monkeypatch.setattr(cli, "EngineProcess", engine)
+    tic = time.perf_counter()
+    assert cli.main(["--model", "m", "--prompt", "Onde joga o Farense?"]) == 0
+    assert time.perf_counter() - tic < 4
+    assert capsys.readouterr().out == "Faro.\n"
+    assert started[0].proc.wait(10) == 0  # it ended by itself

@@ -111,8 +111,8 @@ class EngineChat:
         self._job(P.Chat(id=reply_id, message=message, **settings), forward, interruptible=P.Cancel(id=reply_id))
         return done[-1]
 
-    def close(self) -> None:
-        self.engine.close()
+    def close(self, wait: bool = True) -> None:
+        self.engine.close(wait=wait)
 
 
 # ------------------------------------------------------------------- output
@@ -242,5 +242,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if chat is not None:
-            chat.close()
+        if chat is not None:  # a one-shot's answer is out: the engine's teardown is not the user's wait
+            chat.close(wait=args.prompt is None)
