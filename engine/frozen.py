@@ -8,9 +8,8 @@ Exact: the state is the one the same compiled function computes for the same mic
 from the cache or not, so a resumed run (its cache rebuilt as it goes) trains the same updates bit for bit.
 Kept in host memory (NumPy), not the accelerator's: what the GPU's step needs is one micro-batch's state.
 
-Which models: decoder stacks mlx-lm builds as ``model.model.embed_tokens / layers / norm`` with a causal
-mask and no sliding window (llama, mistral, qwen2, qwen3); ``split_problem`` checks the split computes the
-model's own logits before a run relies on it.
+Which models: those ``engine.split`` can take apart (its ``split_problem`` checks, before a run relies on
+it, that the parts compute the model's own logits).
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from farense_core.format import gb
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+from .split import Split
+
 BUDGET_SHARE = 0.25  # of the memory available when the run starts, for ``frozen_cache: auto``
 
 
@@ -33,61 +32,6 @@ def frozen_blocks(model, cfg: dict) -> int:
     n = cfg["num_layers"]
     total = len(model.layers)
     return 0 if n < 0 else max(total - n, 0)
-
-
-class Split:
-    """The model as two functions around block ``k``: ``bottom(inputs) -> state`` (compiled, no gradient)
-    and ``loss(model, state, targets, mask)``, the summed loss from the state up (``step.summed_loss``'s
-    contract), for ``nn.value_and_grad``."""
-
-    def __init__(self, model, k: int):
-        self.model, self.k = model, k
-        inner = model.model
-        self.embed, self.blocks, self.norm = inner.embed_tokens, inner.layers, inner.norm
-        self.bottom = mx.compile(self._bottom)
-
-    def _bottom(self, inputs):
-        h = self.embed(inputs)
-        for block in self.blocks[:self.k]:
-            h = block(h, "causal", cache=None)
-        return h
-
-    def logits(self, h):
-        for block in self.blocks[self.k:]:
-            h = block(h, "causal", cache=None)
-        h = self.norm(h)
-        head = getattr(self.model, "lm_head", None)
-        return head(h) if head is not None else self.embed.as_linear(h)
-
-    def loss(self, model, h, targets, mask):
-        ce = nn.losses.cross_entropy(self.logits(h), targets) * mask
-        return ce.astype(mx.float32).sum(), mask.sum()
-
-
-def split_problem(model, k: int, probe_tokens: list[int]) -> Optional[str]:
-    """Why the run cannot start its step at block ``k`` of this model (None: it can): the model type,
-    a sliding window, or a split whose logits differ from the model's on ``probe_tokens``."""
-    args = getattr(model, "args", None)
-    kind = getattr(args, "model_type", None)
-    if kind not in SUPPORTED:
-        return f"the cache knows llama, mistral, qwen2 and qwen3 models, not {kind}"
-    inner = getattr(model, "model", None)
-    if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")):
-        return "the model is not laid out as embed_tokens, layers and norm"
-    if getattr(args, "sliding_window", None) or any(getattr(b, "use_sliding", False) for b in inner.layers):
-        return "the model uses sliding-window attention"
-    x = mx.array([probe_tokens[:32] or [0]])
-    try:
-        split = Split(model, k)
-        ours, theirs = split.logits(split.bottom(x)), model(x)
-        mx.eval(ours, theirs)
-    except Exception as e:  # noqa: BLE001 - a block with another call signature
-        return f"its blocks cannot be called one by one ({type(e).__name__})"
-    scale = max(float(mx.abs(theirs).max().item()), 1.0)  # a wrong split is off by the logits' own size;
-    rounding = 1e-3 if theirs.dtype == mx.float32 else 2e-2  # two fusions of half precision differ by roundings
-    if float(mx.abs(ours.astype(mx.float32) - theirs.astype(mx.float32)).max().item()) > rounding * scale:
-        return "computed in two parts, the model gives other logits"
-    return None
 
 
 def _to_host(h: mx.array) -> np.ndarray:

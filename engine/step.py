@@ -79,9 +79,56 @@ def make_batch(data: Tokenized, indices: list[int], max_seq_length: int, multipl
 
 def summed_loss(model, inputs, targets, mask):
     """Sum of per-token cross-entropy over the mask, and the number of tokens."""
-    logits = model(inputs)
+    return logits_loss(model(inputs), targets, mask)
+
+
+def logits_loss(logits, targets, mask):
+    """``summed_loss`` from the logits."""
     ce = nn.losses.cross_entropy(logits, targets) * mask  # in the logits' dtype: a float32 copy of
     return ce.astype(mx.float32).sum(), mask.sum()       # batch x length x vocab costs memory
+
+
+CHUNK_LOGITS = 1 << 24  # logits per chunk of head_loss (64 MB in float32; 341 positions of a 49k vocabulary)
+
+
+def head_loss(head, h, targets, mask):
+    """``summed_loss`` from the normalized hidden state ``h`` (batch x length x dims) and the ``head``
+    that maps it to logits, over the positions in chunks of about ``CHUNK_LOGITS`` logits: each chunk's
+    loss and its gradient for ``h`` are computed together and its logits let go, so a step holds one
+    chunk's logits instead of the micro-batch's (batch x length x vocabulary, with their float32 softmax
+    and gradient). The head's weights get no gradient: only for a head the run does not train."""
+    dims = h.shape[-1]
+    flat, t, m = h.reshape(-1, dims), targets.reshape(-1), mask.reshape(-1)
+    vocab = head(flat[:1]).shape[-1]  # shape only, never computed
+    rows = max(16, CHUNK_LOGITS // vocab)
+
+    @mx.custom_function
+    def loss_and_gradient(flat, t, m):
+        pieces = []
+        for i in range(0, flat.shape[0], rows):
+            x, ti, mi = flat[i:i + rows], t[i:i + rows], m[i:i + rows]
+            if pieces:  # after the chunk before it (adds 0, even to a NaN loss): one chunk's logits at a time,
+                x = x + (pieces[-1][-1] > mx.inf).astype(x.dtype)  # whatever order the scheduler picks
+            logits = head(x).astype(mx.float32)
+            lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+            picked = mx.take_along_axis(logits, ti[:, None], axis=-1)
+            loss = ((lse - picked)[:, 0] * mi).sum()
+            dlogits = (mx.exp(logits - lse) - (mx.arange(vocab)[None, :] == ti[:, None])) * mi[:, None]
+            grad = mx.vjp(head, [x], [dlogits.astype(x.dtype)])[1][0]
+            # one array per chunk, its gradient and its loss: computed together, so its logits go at once
+            # (apart, every chunk's logits would wait for the gradients after the whole loss's sum)
+            pieces.append(mx.concatenate([grad.astype(mx.float32).reshape(-1), loss[None]]))
+        total = sum(p[-1] for p in pieces)
+        grads = mx.concatenate([p[:-1].reshape(-1, dims) for p in pieces]).astype(flat.dtype)
+        return total, mx.stop_gradient(grads)
+
+    @loss_and_gradient.vjp
+    def _(primals, cotangents, outputs):
+        _, t, m = primals
+        return outputs[1] * cotangents[0].astype(outputs[1].dtype), mx.zeros_like(t), mx.zeros_like(m)
+
+    total, _ = loss_and_gradient(flat, t, m)
+    return total, mask.sum()
 
 
 OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor}

@@ -45,6 +45,7 @@ from . import recall as probes
 from .datatools import length_stats
 from .model import InputError, adapter_config, parameter_counts, prepare, trainable_weights, weights_finite
 from .server import Context, handles
+from .split import training_loss
 from .step import compiled_step, make_batch, make_optimizer, optimizer_settings, pad_multiple, summed_loss, tokenize
 
 GB = 1024 ** 3
@@ -180,8 +181,13 @@ class Run:
         self.prepare_probe(data_dir, train_rows)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.init(self.model.trainable_parameters())
-        self.frozen_cache = self.prepare_frozen_cache()
-        loss = self.frozen_cache.split.loss if self.frozen_cache else summed_loss
+        k = frozen.frozen_blocks(self.model, cfg)
+        loss, self.split, whole = training_loss(self.model, k, self.train.tokens[0])
+        self.ctx.emit(P.Log(message=f"Loss computed whole: {whole}." if whole else
+                            "Loss computed in chunks over the vocabulary."))
+        self.frozen_cache = self.prepare_frozen_cache(k, None if self.split else whole)
+        if self.frozen_cache:
+            loss = self.split.loss
         self.value_and_grad = nn.value_and_grad(self.model, loss)
         if cfg["grad_checkpoint"]:
             from mlx_lm.tuner.trainer import grad_checkpoint
@@ -191,25 +197,22 @@ class Run:
         self.guard = DivergenceGuard(cfg["divergence_factor"], cfg["divergence_patience"])
         self.progress = Progress(self.best_by, cfg["early_stop"])
 
-    def prepare_frozen_cache(self) -> Optional[frozen.Cache]:
-        """The frozen-block cache (``engine.frozen``) when ``frozen_cache`` and the run allow it; a log line
-        says whether it is on and why."""
+    def prepare_frozen_cache(self, k: int, problem: Optional[str]) -> Optional[frozen.Cache]:
+        """The frozen-block cache (``engine.frozen``) above the ``k`` frozen blocks when ``frozen_cache``
+        and the run allow it (``problem``: why the model cannot be split); a log line says whether it is on
+        and why."""
         cfg = self.cfg
-        k = frozen.frozen_blocks(self.model, cfg)
         repeats = self.total_updates > self.updates_per_epoch
-        problem = None
-        if k and repeats and cfg["frozen_cache"] != "off":
-            problem = frozen.split_problem(self.model, k, self.train.tokens[0])
-        if problem:
+        if problem and k and repeats and cfg["frozen_cache"] != "off":
             self.ctx.emit(P.Log(message=f"Frozen-block cache off: {problem}."))
             return None
         rows = [(len(self.world.share(mb)) or 1,
                  batching.padded_length(max(min(self.train.lengths[i], cfg["max_seq_length"]) for i in mb),
                                         cfg["max_seq_length"], self.pad_multiple) - 1) for mb in self.batches]
-        size = frozen.expected_bytes(self.model, rows) if k else 0
+        size = frozen.expected_bytes(self.model, rows) if k and not problem else 0
         on, why = frozen.decide(cfg["frozen_cache"], k, repeats, size, psutil.virtual_memory().available)
         self.ctx.emit(P.Log(message=f"Frozen-block cache {why}."))
-        return frozen.Cache(frozen.Split(self.model, k)) if on else None
+        return frozen.Cache(self.split) if on else None
 
     def prepare_probe(self, data_dir: Path, train_rows: list[dict]) -> None:
         """``eval_samples`` trained questions and as many paraphrases (when the data folder has

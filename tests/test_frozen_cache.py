@@ -16,33 +16,6 @@ def logs(events) -> list[str]:
     return [e.message for e in events if isinstance(e, P.Log) and e.message.startswith("Frozen-block cache")]
 
 
-def test_the_split_computes_the_models_own_logits(tiny_model):
-    import mlx.core as mx
-    from mlx_lm import load
-
-    from engine import frozen
-
-    model, tok = load(str(tiny_model))
-    x = mx.array([tok.encode("O Farense venceu o Olhanense por 2-1.")])
-    for k in (1, 2, 3):
-        split = frozen.Split(model, k)
-        assert mx.array_equal(split.logits(split.bottom(x)), model(x)).item()
-        assert frozen.split_problem(model, k, x[0].tolist()) is None
-
-
-def test_a_model_the_split_does_not_know_is_refused_in_words(tiny_model):
-    from mlx_lm import load
-
-    from engine import frozen
-
-    model, _ = load(str(tiny_model))
-    model.args.model_type = "gemma2"
-    assert "not gemma2" in frozen.split_problem(model, 2, [1, 2, 3])
-    model.args.model_type = "llama"
-    model.model.norm = None  # a head that is not where the split looks: the logits differ, so no cache
-    assert frozen.split_problem(model, 2, [1, 2, 3]) is not None
-
-
 def test_the_decision_in_words():
     from engine.frozen import decide
 

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from farense_core import protocol as P
 from farense_core.format import gb
 
+from ..frozen import frozen_blocks
 from ..model import apply_fine_tune_type, set_base_dtype
+from ..split import training_loss
 from ..step import compiled_step, make_optimizer
 from .estimate import (
     MEMORY_MARGIN,
@@ -65,7 +68,8 @@ class ProbeRunner:
         self.model, self.vocab = model, vocab
         self.min_seconds, self.max_steps = min_seconds, max_steps
         self.optimizer = make_optimizer(cfg)
-        self.step = compiled_step(model, self.optimizer)  # exactly the trainer's update
+        loss, _, _ = training_loss(model, frozen_blocks(model, cfg), list(range(1, 33)))
+        self.step = compiled_step(model, self.optimizer, nn.value_and_grad(model, loss))  # the trainer's update
         model.train()
 
     def _update(self, inputs, targets, mask) -> None:
