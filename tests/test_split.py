@@ -134,3 +134,47 @@ def test_a_step_holds_less_memory_with_the_loss_in_chunks(monkeypatch):
             mx.eval(model.state, opt.state, out[0])
         peaks[name] = mx.get_peak_memory()
     assert peaks["chunks"] < 0.4 * peaks["whole"], peaks  # measured 0.33 (0.50 with chunks in any order)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_loss_in_chunks_trains_the_whole_losss_adapter_and_resumes_bit_identical(
+        tiny_model, tiny_data, tmp_path, monkeypatch):
+    import io
+
+    from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
+    from engine import split as parts, step
+    from engine.server import Context
+    from engine.trainer import train
+    from farense_core import protocol as P
+
+    def loss_logs(events):
+        return [e.message for e in events if isinstance(e, P.Log) and e.message.startswith("Loss computed")]
+
+    cfg = base_config(tiny_model, tiny_data, epochs=2, iters=None, save_every=2, eval_samples=0)
+    whole, whole_events = train_in_process(cfg, tmp_path / "whole")
+    assert loss_logs(whole_events) == ["Loss computed whole: the model is narrower than 2048, where chunks cost "
+                                       "time."]
+    monkeypatch.setattr(parts, "CHUNKED_FROM_WIDTH", 1)  # the tiny model (64 wide) in chunks
+    monkeypatch.setattr(step, "CHUNK_LOGITS", 64 * 400)  # chunks of 64 positions
+    chunked, events = train_in_process(cfg, tmp_path / "chunked")
+    assert loss_logs(events) == ["Loss computed in chunks over the vocabulary."]
+    assert [s.loss for s in events if isinstance(s, P.Step)] == pytest.approx(
+        [s.loss for s in whole_events if isinstance(s, P.Step)], rel=1e-5)
+    a = adapter_arrays(tmp_path / "whole" / "final" / "adapters.safetensors")
+    b = adapter_arrays(tmp_path / "chunked" / "final" / "adapters.safetensors")
+    for k in a:
+        assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-5, k
+
+    stop_at = chunked.summary["total_updates"] // 2 + 1
+
+    class StopAt(Context):
+        def emit(self, record):
+            super().emit(record)
+            if isinstance(record, P.Step) and record.step == stop_at:
+                self.stop_requested.set()
+
+    stopped = train(StopAt(io.StringIO()), cfg, tmp_path / "resumed")
+    assert stopped.status == "stopped" and stopped.summary["updates"] == stop_at
+    resumed, _ = train_in_process(cfg, tmp_path / "resumed", resume=True)
+    assert resumed.status == "completed"
+    assert_bit_identical(b, adapter_arrays(tmp_path / "resumed" / "final" / "adapters.safetensors"))
