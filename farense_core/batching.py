@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 # Batch widths are rounded up to a multiple: each new (batch, width) shape costs a trace of the
 # compiled step (and on a GPU new kernels), while every padded position costs compute. A CPU is
 # compute-bound: round finely. A GPU runs small batches latency-bound: fewer shapes win, as in mlx-lm.
@@ -71,6 +69,8 @@ TRAIN_STREAM, VALID_STREAM = 0, 1
 
 
 def epoch_order(n_batches: int, seed: int, epoch: int, stream: int = TRAIN_STREAM) -> list[int]:
+    import numpy as np  # here, not at the top: the app imports this module and needs no numpy to start
+
     rng = np.random.default_rng([stream, seed, epoch])
     return rng.permutation(n_batches).tolist()
 
