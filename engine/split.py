@@ -67,8 +67,9 @@ class Split:
 
 
 def head_trained(model) -> bool:
-    """Whether the run trains the head's weights (full fine-tuning, or LoRA keys that name it)."""
-    head = getattr(model, "lm_head", None) or model.model.embed_tokens
+    """Whether the run trains the head's weights (a tied head is the embedding)."""
+    head = getattr(model, "lm_head", None)
+    head = model.model.embed_tokens if head is None else head
     return bool(tree_flatten(head.trainable_parameters()))
 
 
