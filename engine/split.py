@@ -37,6 +37,8 @@ class Split:
         self.bottom = mx.compile(self._bottom)
         width = self.embed(mx.array([[0]])).shape[-1]
         self.chunked = width >= CHUNKED_FROM_WIDTH if chunked is None else chunked
+        if self.chunked and head_trained(model):
+            raise ValueError("the loss in chunks gives the head's weights no gradient, and this run trains them")
 
     def _bottom(self, inputs):
         h = self.embed(inputs)

@@ -96,7 +96,9 @@ def head_loss(head, h, targets, mask):
     that maps it to logits, over the positions in chunks of about ``CHUNK_LOGITS`` logits: each chunk's
     loss and its gradient for ``h`` are computed together and its logits let go, so a step holds one
     chunk's logits instead of the micro-batch's (batch x length x vocabulary, with their float32 softmax
-    and gradient). The head's weights get no gradient: only for a head the run does not train."""
+    and gradient). The head's weights get no gradient: only for a head the run does not train. The
+    softmax is taken in float32 (``summed_loss`` takes it in the logits' dtype: in bf16 the two differ by
+    bf16's rounding, up to ~1% of a gradient's largest value)."""
     dims = h.shape[-1]
     flat, t, m = h.reshape(-1, dims), targets.reshape(-1), mask.reshape(-1)
     vocab = head(flat[:1]).shape[-1]  # shape only, never computed
@@ -104,23 +106,20 @@ def head_loss(head, h, targets, mask):
 
     @mx.custom_function
     def loss_and_gradient(flat, t, m):
-        pieces = []
+        losses, grads = [], []
         for i in range(0, flat.shape[0], rows):
             x, ti, mi = flat[i:i + rows], t[i:i + rows], m[i:i + rows]
-            if pieces:  # after the chunk before it (adds 0, even to a NaN loss): one chunk's logits at a time,
-                x = x + (pieces[-1][-1] > mx.inf).astype(x.dtype)  # whatever order the scheduler picks
+            if losses:  # after the chunk before it, its loss and gradient both (adds 0, even to NaN): one
+                # chunk's logits alive at a time, whatever order the scheduler picks
+                done = (losses[-1] > mx.inf) | (grads[-1][0, 0] > mx.inf)
+                x = x + done.astype(x.dtype)
             logits = head(x).astype(mx.float32)
             lse = mx.logsumexp(logits, axis=-1, keepdims=True)
             picked = mx.take_along_axis(logits, ti[:, None], axis=-1)
-            loss = ((lse - picked)[:, 0] * mi).sum()
+            losses.append(((lse - picked)[:, 0] * mi).sum())
             dlogits = (mx.exp(logits - lse) - (mx.arange(vocab)[None, :] == ti[:, None])) * mi[:, None]
-            grad = mx.vjp(head, [x], [dlogits.astype(x.dtype)])[1][0]
-            # one array per chunk, its gradient and its loss: computed together, so its logits go at once
-            # (apart, every chunk's logits would wait for the gradients after the whole loss's sum)
-            pieces.append(mx.concatenate([grad.astype(mx.float32).reshape(-1), loss[None]]))
-        total = sum(p[-1] for p in pieces)
-        grads = mx.concatenate([p[:-1].reshape(-1, dims) for p in pieces]).astype(flat.dtype)
-        return total, mx.stop_gradient(grads)
+            grads.append(mx.vjp(head, [x], [dlogits.astype(x.dtype)])[1][0])
+        return sum(losses), mx.stop_gradient(mx.concatenate(grads))
 
     @loss_and_gradient.vjp
     def _(primals, cotangents, outputs):

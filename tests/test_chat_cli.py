@@ -159,7 +159,7 @@ def test_a_one_shot_does_not_wait_for_the_engines_teardown(tmp_path, monkeypatch
     from farense_tui import engine_client
     from farense_tui.commands import chat as cli
 
-    slow = tmp_path / "slow_engine.py"  # answers, then takes 5 s to end once told to shut down
+    slow = tmp_path / "slow_engine.py"  # answers, then takes 15 s to end once told to shut down
     slow.write_text(
         "import sys, time\n"
         "sys.path.insert(0, %r)\n"
@@ -174,7 +174,7 @@ def test_a_one_shot_does_not_wait_for_the_engines_teardown(tmp_path, monkeypatch
         "        print(P.Token(id=cmd.id, text='Faro.').to_line(), flush=True)\n"
         "        print(P.ReplyDone(id=cmd.id, text='Faro.', finish_reason='stop').to_line(), flush=True)\n"
         "    print(P.Finished(command=cmd.type, id=getattr(cmd, 'id', '')).to_line(), flush=True)\n"
-        "time.sleep(5)\n" % str(engine_client.__file__.rsplit("/farense_tui/", 1)[0]))
+        "time.sleep(15)\n" % str(engine_client.__file__.rsplit("/farense_tui/", 1)[0]))
     started = []
     real = engine_client.EngineProcess
 
@@ -185,6 +185,6 @@ def test_a_one_shot_does_not_wait_for_the_engines_teardown(tmp_path, monkeypatch
     monkeypatch.setattr(cli, "EngineProcess", engine)
     tic = time.perf_counter()
     assert cli.main(["--model", "m", "--prompt", "Onde joga o Farense?"]) == 0
-    assert time.perf_counter() - tic < 4
+    assert time.perf_counter() - tic < 10
     assert capsys.readouterr().out == "Faro.\n"
-    assert started[0].proc.wait(10) == 0  # it ended by itself
+    assert started[0].proc.wait(30) == 0  # it ended by itself

@@ -61,9 +61,23 @@ def test_a_model_the_split_does_not_know_is_refused_in_words(tiny_model):
     model.args.model_type = "llama"
     loss, split, why = parts.training_loss(model, 0, [1, 2, 3])  # 64 wide: the whole loss, faster there
     assert loss is summed_loss and split is not None and not split.chunked and "narrower than 2048" in why
-    model.args.model_type = "llama"
-    model.model.norm = None  # a head that is not where the split looks: the logits differ, so no cache
-    assert parts.split_problem(model, 2, [1, 2, 3]) is not None
+    model.model.norm = None  # a model whose parts cannot be called as the split calls them
+    assert parts.split_problem(model, 2, [1, 2, 3]) == "its blocks cannot be called one by one (TypeError)"
+
+
+def test_a_model_whose_parts_give_other_logits_is_refused(tiny_model, monkeypatch):
+    # a model that does more than its parts (here: scales its logits, as soft-capping models do) must not
+    # be split: the cache and the loss in chunks would train another function
+    from mlx_lm import load
+
+    from engine import split as parts
+
+    model, _ = load(str(tiny_model))
+    model.freeze()
+    assert parts.split_problem(model, 2, [1, 2, 3]) is None
+    own = type(model).__call__
+    monkeypatch.setattr(type(model), "__call__", lambda self, *a, **kw: own(self, *a, **kw) * 1.5)
+    assert parts.split_problem(model, 2, [1, 2, 3]) == "computed in two parts, the model gives other logits"
 
 
 def test_a_trained_head_keeps_the_whole_loss(tiny_model):
@@ -73,6 +87,8 @@ def test_a_trained_head_keeps_the_whole_loss(tiny_model):
 
     model, _ = load(str(tiny_model))  # nothing frozen: full fine-tuning trains the (tied) head
     assert parts.split_problem(model, 0, [1, 2, 3]) == "the run trains the head"
+    with pytest.raises(ValueError, match="no gradient"):  # the chunks give a head no gradient: never there
+        parts.Split(model, 0, chunked=True)
 
 
 @pytest.mark.parametrize("chunk_rows,quantized", [(16, False), (50, False), (10_000, False), (50, True)])

@@ -222,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"farense-tui chat: {e}", file=sys.stderr)
         return 2
     term = Terminal()
-    chat = None
+    chat, answered = None, False
     try:
         if args.prompt is None and sys.stdin.isatty():  # seconds pass before the prompt: say why
             print(f"loading {args.model or 'the default model'}" + (f" with {args.adapter}" if args.adapter else "")
@@ -235,6 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             compare(chat, term, args.prompt, settings, args.adapter)
         else:
             answer(chat, term, args.prompt, settings)
+        answered = args.prompt is not None
         return 0
     except (ChatFailed, EngineGone) as e:
         print(f"farense-tui chat: {e}", file=sys.stderr)
@@ -243,4 +244,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     finally:
         if chat is not None:  # a one-shot's answer is out: the engine's teardown is not the user's wait
-            chat.close(wait=args.prompt is None)
+            chat.close(wait=not answered)  # (stopped or failed, the engine is waited for: none left behind)
