@@ -12,6 +12,8 @@ import datetime as _dt
 import gc
 import os
 import re
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -80,6 +82,7 @@ class FarenseApp(App):
             "chat": EngineLink(self, "chat", options.engine_factory, lambda: [self.chat_tab], keep_alive=True),
         }
         self.farewell = ""  # what the app says as it quits
+        self._closing = False  # its terminal window closed: leaving
         self.session = Session(self.links, options.checkpoints_dir, options.config_path, options.clock,
                                tab_keys=self.tab_keys())
 
@@ -108,6 +111,29 @@ class FarenseApp(App):
             self.notify(f"Following {live[-1].name}, which was training in the background.", title="Train")
         else:
             self.action_show_tab("preflight")  # focus in the first tab, so its keys work from the start
+        if not self.is_headless and not terminal_gone(sys.__stdin__):  # the terminal it reads keys from
+            self.set_interval(TERMINAL_CHECK_SECONDS, self._watch_terminal)
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(self._terminal_closed()))
+
+    async def _watch_terminal(self) -> None:
+        """Started by ``make run`` (or a shell that stays), the app gets no SIGHUP when its terminal window
+        closes: it would go on for good, reading the hung-up terminal at ~70% of a core. It looks."""
+        if terminal_gone(sys.__stdin__):
+            await self._terminal_closed()
+
+    async def _terminal_closed(self) -> None:
+        """The terminal window closed: a run that trains is left training in the background (nothing is
+        lost; the next farense-tui follows it), or stopped with a checkpoint if it cannot be (closing its
+        engine waits for that); then the process ends at once. Textual's own exit would wait for ever on the
+        hung-up terminal, and there is nothing left to draw or save (settings are saved only when asked)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.train_tab.busy:
+            self.train_tab.detach()
+        await self._close_engines()
+        os._exit(0)
 
     # -- the tabs
 
@@ -298,6 +324,18 @@ class FarenseApp(App):
     async def _close_engines(self) -> None:
         running = [link for link in self.links.values() if link.running]
         await asyncio.gather(*(asyncio.to_thread(link.close) for link in running))
+
+
+TERMINAL_CHECK_SECONDS = 1.0
+
+
+def terminal_gone(stream) -> bool:
+    """Whether the terminal behind ``stream`` has hung up (its window closed)."""
+    try:
+        os.tcgetpgrp(stream.fileno())
+        return False
+    except (OSError, ValueError, AttributeError):  # EIO once hung up; closed or absent stream
+        return True
 
 
 def make_app(*, engine_factory: EngineFactory = start_engine_process, config_path: str | Path | None = None,

@@ -206,3 +206,51 @@ def test_a_short_run_stopped_before_validation_can_be_chatted_with_in_tmux(tmp_p
         assert tmux.gone(30), "ctrl+q did not quit the app"
     finally:
         tmux.kill()
+
+
+@pytest.mark.parametrize("launcher", ["make", "shell"])
+def test_a_closed_terminal_window_ends_the_app_and_leaves_the_run_training(tmp_path, tiny_model, launcher):
+    """The terminal window closes while a run trains: the app ends and the run goes on in the background.
+    Under ``make run`` the app gets no SIGHUP (make catches it and stays): it notices the terminal is gone
+    (it used to go on reading it, at ~70% of a core, for good). Under a shell it gets SIGHUP (it used to die
+    at once, and its engine stopped the run)."""
+    from tiny_model import write_chat_data
+
+    data = write_chat_data(tmp_path / "data")
+    cfg, _ = C.validate({
+        "model": str(tiny_model), "data": str(data), "iters": 100000, "batch_size": 2, "steps_per_eval": 100000,
+        "steps_per_report": 5, "save_every": 50, "keep_checkpoints": 2, "num_layers": 2,
+        "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
+    })
+    config = tmp_path / "config.yaml"
+    C.save_yaml(cfg, config)
+    (tmp_path / "Makefile").write_text(f"run:\n\t{APP}\n")
+    env = {"FARENSE_TUI_CONFIG": str(config), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
+           "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    tmux = Tmux(f"farense-closed-{launcher}-{os.getpid()}")
+    tmux.start(["make", "-s", "run"] if launcher == "make" else ["sh", "-c", f"{APP}; true"], tmp_path, env)
+    try:
+        tmux.wait(lambda s: "Run preflight" in s, "the first frame")
+        parent = int(tmux.run("display", "-p", "-t", tmux.name, "#{pane_pid}").stdout)
+        app = int(subprocess.run(["pgrep", "-f", "-P", str(parent), "farense-tui"], capture_output=True,
+                                 text=True).stdout.split()[0])
+        tmux.keys("F3")
+        tmux.wait(lambda s: "Start (s)" in s, "the Train tab")
+        tmux.keys("s")
+        tmux.wait(lambda s: re.search(r"update [1-9]\d*/100000", s), "training", timeout=240)
+    finally:
+        tmux.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and Path(f"/proc/{app}").exists():
+        time.sleep(0.2)  # polling a process that is not ours to wait on
+    assert not Path(f"/proc/{app}").exists(), "the app went on after its terminal closed"
+    run = next((tmp_path / "checkpoints").glob("run-*"))
+    events = run / "events.jsonl"
+    size = events.stat().st_size
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and events.stat().st_size == size:
+        time.sleep(0.2)  # polling a file another process writes
+    assert events.stat().st_size > size and '"type":"done"' not in events.read_text(), "the run stopped"
+    stopped = subprocess.run([str(APP), "attach", str(run), "--stop"], capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 130, stopped.stderr  # the exit code of a stopped run
+    assert '"status":"stopped"' in events.read_text()
