@@ -4,10 +4,7 @@
 # STAGE=warm builds the shaped model and compiles the kernels once (a cold cache costs minutes in either
 # tool); STAGE=run (EPOCHS, SAMPLES, REPEATS) measures.
 set -e
-source bench/gpu_env.sh
-S=/tmp/models/SmolLM2-135M-Instruct
-[ -d /tmp/models/m7b ] || python3 bench/make_shaped_model.py mistral7b $S /tmp/models/m7b > /dev/null
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+source bench/gpu_shaped7b.sh
 if [ "${STAGE:-run}" = warm ]; then
   python3 bench/bench_train.py --model /tmp/models/m7b --keep-dtype --samples 32 --batch-size 4 \
     --num-layers 16 --max-seq-length 512 --repeats 1 --epochs 2 --without-cache 2>&1 | tail -9 | tee $OUT/warm.txt

@@ -3,10 +3,7 @@
 # then the whole comparison with mlx_lm.lora (memory and speed), then where a one-shot chat's time goes.
 # STAGE=warm | step | mixed | equal | chat picks the part to run (each fits one call).
 set -e
-source bench/gpu_env.sh
-S=/tmp/models/SmolLM2-135M-Instruct
-[ -d /tmp/models/m7b ] || python3 bench/make_shaped_model.py mistral7b $S /tmp/models/m7b > /dev/null
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+source bench/gpu_shaped7b.sh
 for STAGE in ${STAGE:-step}; do
 case "$STAGE" in
 warm)  # a cold kernel cache costs minutes in either tool

@@ -3,10 +3,7 @@
 # SmolLM2, our per-update peak memory inside a real run, and the equal-length 7B comparison.
 # STAGE=profile | mixed | equal picks the part to run (each fits one call).
 set -e
-source bench/gpu_env.sh
-S=/tmp/models/SmolLM2-135M-Instruct
-[ -d /tmp/models/m7b ] || python3 bench/make_shaped_model.py mistral7b $S /tmp/models/m7b > /dev/null
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+source bench/gpu_shaped7b.sh
 if [ "${STAGE:-profile}" = profile ]; then
   python3 bench/profile_update.py /tmp/models/m7b --batch-size 4 --widths 64,128,256,384,512 --repeats 4 \
     2>&1 | grep -v Warn | tee $OUT/profile7b.txt

@@ -34,6 +34,22 @@ def train_in_process(cfg: dict, run_dir: Path, resume: bool = False,
     return done, events
 
 
+def train_stopped_at(cfg: dict, run_dir: Path, update: int) -> P.Done:
+    """The run trained in-process and stopped (with a checkpoint) after ``update``, as a user's stop."""
+    from engine.server import Context
+    from engine.trainer import train
+
+    class StopAt(Context):
+        def emit(self, record):
+            super().emit(record)
+            if isinstance(record, P.Step) and record.step == update:
+                self.stop_requested.set()
+
+    done = train(StopAt(io.StringIO()), cfg, run_dir)
+    assert done.status == "stopped" and done.summary["updates"] == update
+    return done
+
+
 def adapter_arrays(path: Path) -> dict:
     import mlx.core as mx
 

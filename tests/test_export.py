@@ -202,23 +202,12 @@ def test_the_adapter_config_names_the_base_when_the_run_does_not(tiny_model, tmp
 @pytest.mark.slow
 def test_a_run_stopped_before_its_first_validation_offers_its_checkpoint(tiny_model, tiny_data, tmp_path, capsys):
     """No adapters/ and no final/ yet: chat and export use the newest checkpoint, which holds an adapter."""
-    import io
-
     from engine.chat import adapter_folder
-    from engine.server import Context
-    from engine.trainer import train
-    from enginetools import base_config
-    from farense_core import protocol as P
-
-    class StopAt3(Context):
-        def emit(self, record):
-            super().emit(record)
-            if isinstance(record, P.Step) and record.step == 3:
-                self.stop_requested.set()
+    from enginetools import base_config, train_stopped_at
 
     run = tmp_path / "run"
-    done = train(StopAt3(io.StringIO()), base_config(tiny_model, tiny_data, steps_per_eval=1000, save_every=1000), run)
-    assert done.status == "stopped" and not (run / "adapters").exists() and not (run / "final").exists()
+    train_stopped_at(base_config(tiny_model, tiny_data, steps_per_eval=1000, save_every=1000), run, 3)
+    assert not (run / "adapters").exists() and not (run / "final").exists()
     assert adapter_folder(str(run)) == (run / "checkpoints" / "step_000003").resolve()
     assert main(["--run", str(run), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "adapters.safetensors").read_bytes() == (

@@ -3,12 +3,10 @@ train what a run without the cache trains; a resumed run stays bit-identical."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
-from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
+from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process, train_stopped_at
 from farense_core import protocol as P
 
 
@@ -64,23 +62,12 @@ def test_no_cache_where_it_cannot_pay(tiny_model, tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_a_run_resumed_in_a_later_epoch_is_bit_identical_with_the_cache(tiny_model, tiny_data, tmp_path):
-    from engine.server import Context
-    from engine.trainer import train
-
     cfg = base_config(tiny_model, tiny_data, epochs=3, iters=None, save_every=2, eval_samples=0)
     whole, _ = train_in_process(cfg, tmp_path / "whole")
     assert whole.summary["frozen_cache"]["hits"] > 0
     per_epoch = whole.summary["total_updates"] // 3
-    stop_at = per_epoch + 2  # inside the second epoch: the resumed process starts with an empty cache
-
-    class StopAt(Context):
-        def emit(self, record):
-            super().emit(record)
-            if isinstance(record, P.Step) and record.step == stop_at:
-                self.stop_requested.set()
-
-    stopped = train(StopAt(io.StringIO()), cfg, tmp_path / "resumed")
-    assert stopped.status == "stopped" and stopped.summary["updates"] == stop_at
+    # inside the second epoch: the resumed process starts with an empty cache
+    train_stopped_at(cfg, tmp_path / "resumed", per_epoch + 2)
     resumed, _ = train_in_process(cfg, tmp_path / "resumed", resume=True)
     assert resumed.status == "completed" and resumed.summary["frozen_cache"]["misses"] > 0
     assert_bit_identical(adapter_arrays(tmp_path / "whole" / "final" / "adapters.safetensors"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
+from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process, train_stopped_at
 from farense_core import protocol as P
 from farense_core.format import size
 from farense_core.rundir import RunDir
@@ -39,17 +39,7 @@ def uninterrupted(tiny_model, data, tmp_path_factory):
 
 def stopped_at(tiny_model, data, run: Path, update: int) -> None:
     """The same run, stopped after ``update`` (checkpoints of 3, 6, ... up to it)."""
-    from engine.server import Context
-    from engine.trainer import train
-
-    class StopAt(Context):
-        def emit(self, record):
-            super().emit(record)
-            if isinstance(record, P.Step) and record.step == update:
-                self.stop_requested.set()
-
-    done = train(StopAt(io.StringIO()), base_config(tiny_model, data), run)
-    assert done.status == "stopped" and done.summary["updates"] == update
+    train_stopped_at(base_config(tiny_model, data), run, update)
 
 
 def flip_bytes(path: Path, at: float = 0.7) -> None:

@@ -149,18 +149,14 @@ def test_a_step_holds_less_memory_with_the_loss_in_chunks(monkeypatch):
             out = update(inputs, targets, mask, None, None, None, True)
             mx.eval(model.state, opt.state, out[0])
         peaks[name] = mx.get_peak_memory()
-    assert peaks["chunks"] < 0.4 * peaks["whole"], peaks  # measured 0.33 (0.50 with chunks in any order)
+    assert peaks["chunks"] < 0.4 * peaks["whole"], peaks  # measured 0.33 (0.54 with chunks in any order)
 
 
 @pytest.mark.slow
 def test_a_run_with_the_loss_in_chunks_trains_the_whole_losss_adapter_and_resumes_bit_identical(
         tiny_model, tiny_data, tmp_path, monkeypatch):
-    import io
-
-    from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process
+    from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process, train_stopped_at
     from engine import split as parts, step
-    from engine.server import Context
-    from engine.trainer import train
     from farense_core import protocol as P
 
     def loss_logs(events):
@@ -181,16 +177,7 @@ def test_a_run_with_the_loss_in_chunks_trains_the_whole_losss_adapter_and_resume
     for k in a:
         assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-5, k
 
-    stop_at = chunked.summary["total_updates"] // 2 + 1
-
-    class StopAt(Context):
-        def emit(self, record):
-            super().emit(record)
-            if isinstance(record, P.Step) and record.step == stop_at:
-                self.stop_requested.set()
-
-    stopped = train(StopAt(io.StringIO()), cfg, tmp_path / "resumed")
-    assert stopped.status == "stopped" and stopped.summary["updates"] == stop_at
+    train_stopped_at(cfg, tmp_path / "resumed", chunked.summary["total_updates"] // 2 + 1)
     resumed, _ = train_in_process(cfg, tmp_path / "resumed", resume=True)
     assert resumed.status == "completed"
     assert_bit_identical(b, adapter_arrays(tmp_path / "resumed" / "final" / "adapters.safetensors"))

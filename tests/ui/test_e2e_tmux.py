@@ -115,9 +115,9 @@ def test_tabs_training_and_quit_in_tmux(tmp_path, tiny_model):
     assert list((tmp_path / "checkpoints").glob("run-*/events.jsonl")), "the run folder has no events.jsonl"
 
 
-def test_quit_to_the_background_and_come_back_in_tmux(tmp_path, tiny_model):
-    """ctrl+q while training, "b": the app exits, the run goes on; the next farense-tui finds it,
-    shows its progress moving, and x stops it."""
+def endless_run(tmp_path: Path, tiny_model: Path) -> dict:
+    """A config that trains the tiny model for as long as a test lets it (100000 updates, checkpoints every
+    50), and the app's environment that uses it."""
     from tiny_model import write_chat_data
 
     data = write_chat_data(tmp_path / "data")
@@ -128,8 +128,14 @@ def test_quit_to_the_background_and_come_back_in_tmux(tmp_path, tiny_model):
     })
     config = tmp_path / "config.yaml"
     C.save_yaml(cfg, config)
-    env = {"FARENSE_TUI_CONFIG": str(config), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
-           "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    return {"FARENSE_TUI_CONFIG": str(config), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
+            "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+
+
+def test_quit_to_the_background_and_come_back_in_tmux(tmp_path, tiny_model):
+    """ctrl+q while training, "b": the app exits, the run goes on; the next farense-tui finds it,
+    shows its progress moving, and x stops it."""
+    env = endless_run(tmp_path, tiny_model)
 
     def moving(s: str) -> int:
         found = re.findall(r"update (\d+)/100000", s)
@@ -214,19 +220,8 @@ def test_a_closed_terminal_window_ends_the_app_and_leaves_the_run_training(tmp_p
     Under ``make run`` the app gets no SIGHUP (make catches it and stays): it notices the terminal is gone
     (it used to go on reading it, at ~70% of a core, for good). Under a shell it gets SIGHUP (it used to die
     at once, and its engine stopped the run)."""
-    from tiny_model import write_chat_data
-
-    data = write_chat_data(tmp_path / "data")
-    cfg, _ = C.validate({
-        "model": str(tiny_model), "data": str(data), "iters": 100000, "batch_size": 2, "steps_per_eval": 100000,
-        "steps_per_report": 5, "save_every": 50, "keep_checkpoints": 2, "num_layers": 2,
-        "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
-    })
-    config = tmp_path / "config.yaml"
-    C.save_yaml(cfg, config)
+    env = endless_run(tmp_path, tiny_model)
     (tmp_path / "Makefile").write_text(f"run:\n\t{APP}\n")
-    env = {"FARENSE_TUI_CONFIG": str(config), "FARENSE_TUI_CHECKPOINTS": str(tmp_path / "checkpoints"),
-           "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     tmux = Tmux(f"farense-closed-{launcher}-{os.getpid()}")
     tmux.start(["make", "-s", "run"] if launcher == "make" else ["sh", "-c", f"{APP}; true"], tmp_path, env)
     try:
