@@ -12,13 +12,11 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 
 def main() -> int:
@@ -33,65 +31,29 @@ def main() -> int:
     args = ap.parse_args()
 
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    import numpy as np
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
 
     from engine import split as parts, step
-    from engine.model import load_model, set_base_dtype
-    from farense_core.models import resolve_model
-
-    def fresh():
-        model, _ = load_model(resolve_model(args.model))
-        if not args.keep_dtype:
-            set_base_dtype(model, "auto")
-        model.freeze()
-        mx.random.seed(0)
-        linear_to_lora_layers(model, args.num_layers, {"rank": 8, "scale": 20.0, "dropout": 0.0})
-        mx.eval(model.parameters())
-        return model
+    from stepbench import fresh_model, largest_difference, measure_step, random_batch
 
     if args.chunk_logits:
         step.CHUNK_LOGITS = args.chunk_logits
-    rng = np.random.default_rng(0)
     results, grads = {}, {}
     for name in ("whole", "chunks"):
-        model = fresh()
-        vocab = model.model.embed_tokens.weight.shape[0]
-        tokens = mx.array(rng.integers(3, vocab, (args.batch_size, args.width + 1)).astype(np.int32))
-        rng = np.random.default_rng(0)  # the same tokens for both
-        inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], mx.ones((args.batch_size, args.width))
+        model = fresh_model(args.model, args.keep_dtype, args.num_layers)
         if name == "whole":
             loss = step.summed_loss
         else:
             loss, _, why = parts.training_loss(model, len(model.layers) - args.num_layers, [1, 2, 3], chunked=True)
             if why:
                 raise SystemExit(f"the loss in chunks is off for this model: {why}")
-        value_and_grad = nn.value_and_grad(model, loss)
-        (value, _), g = value_and_grad(model, inputs, targets, mask)
-        mx.eval(value, g)
-        grads[name] = (value.item(), {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(g)})
-        opt = optim.Adam(learning_rate=1e-5)
-        update = step.compiled_step(model, opt, value_and_grad)
-        times, peaks = [], []
-        for _ in range(args.repeats + 1):
-            mx.synchronize()
-            mx.clear_cache()
-            mx.reset_peak_memory()
-            tic = time.perf_counter()
-            out = update(inputs, targets, mask, None, None, None, True)
-            mx.eval(model.state, opt.state, out[0])
-            times.append(time.perf_counter() - tic)
-            peaks.append(mx.get_peak_memory())
-        results[name] = {"steady_s": statistics.median(times[1:]), "peak_gb": max(peaks[1:]) / 1e9,
-                         "first_s": times[0]}
-        del model, opt, update, value_and_grad
+        value, g, results[name] = measure_step(model, loss, random_batch(model, args.batch_size, args.width),
+                                               args.repeats)
+        grads[name] = (value, g)
+        del model
         mx.clear_cache()
 
     (lw, gw), (lc, gc) = grads["whole"], grads["chunks"]
-    worst = max(float(np.abs(gw[k] - gc[k]).max() / (np.abs(gw[k]).max() or 1.0)) for k in gw)
+    worst = largest_difference(gw, gc)
     w, c = results["whole"], results["chunks"]
     print(f"{datetime.date.today()} {platform.machine()} {mx.default_device()} | model {args.model} | batch "
           f"{args.batch_size} x width {args.width}, {args.num_layers} LoRA layers, chunks of {step.CHUNK_LOGITS} "

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -54,8 +56,6 @@ def run_ours(model: str, data: Path, args, work: Path, extra: tuple = (), env: d
     """One headless run (``extra``: more train flags, e.g. ``-n 2``; ``settings``: config keys over the
     bench's); its times, tokens and peak memory, and its steady throughput (tokens per second of training
     after the first 3 updates, which compile)."""
-    import yaml
-
     iters = getattr(args, "epochs", 1) * args.samples // args.batch_size
     cfg = {"model": model, "data": str(data), "batch_size": args.batch_size, "iters": iters,
            "num_layers": args.num_layers, "max_seq_length": args.max_seq_length, "learning_rate": 1e-5,
@@ -149,6 +149,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=1, help="passes over the samples (both tools)")
     ap.add_argument("--without-cache", action="store_true",
                     help="also run ours with frozen_cache: off (a third column: what the cache adds)")
+    ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE",
+                    help="also run ours with this setting changed (a column each; may be given again)")
     ap.add_argument("--keep-dtype", action="store_true", help="train on the base as stored (no float32)")
     ap.add_argument("--equal", action="store_true", help="every sample cut to max_seq_length (no padding for anyone)")
     ap.add_argument("--markdown", action="store_true")
@@ -162,6 +164,10 @@ def main() -> int:
              "farense-tui": lambda: run_ours(model, data, args, work)}
     if args.without_cache:
         sides["ours, no cache"] = lambda: run_ours(model, data, args, work, settings={"frozen_cache": "off"})
+    for also in args.also:
+        key, _, value = also.partition("=")
+        sides[f"ours, {key}: {value}"] = (lambda k=key, v=value:
+                                          run_ours(model, data, args, work, settings={k: yaml.safe_load(v)}))
     results = {name: [] for name in sides}
     for _ in range(args.repeats):  # alternate, so drift on a shared machine hits every side
         for name, run in sides.items():

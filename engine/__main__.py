@@ -1,5 +1,10 @@
+import os
 import sys
 
-from .server import main
+from . import cuda_env
+
+cuda_env.apply(os.environ, sys.platform)  # before MLX starts
+
+from .server import main  # noqa: E402
 
 sys.exit(main())

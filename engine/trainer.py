@@ -38,6 +38,7 @@ from farense_core.rundir import (STATE_FILE, RunDir, RunFolderError, RunLock, Ru
 from farense_core.schedule import learning_rate_at, warmup_problem
 
 from . import checkpoints as ckpt
+from . import dequant
 from . import distributed
 from . import frozen
 from .awake import keep_awake, let_sleep
@@ -143,12 +144,14 @@ class Run:
         self.ctx.emit(P.State(state="loading", detail=f"loading {self.model_name}"))
         tic = time.perf_counter()
         self.model, self.tokenizer, stored_quant, self.base_dtype = prepare(self.model_name, cfg)
+        matmuls = dequant.apply(self.model, cfg["dequant_matmul"], self.base_dtype)
         total, trainable = parameter_counts(self.model)
         self.ctx.emit(P.Model(
             path=self.model_name, parameters=total, trainable_parameters=trainable,
             quantization=stored_quant, base_dtype=self.base_dtype, num_layers=len(self.model.layers),
             fine_tune_type=cfg["fine_tune_type"], load_seconds=round(time.perf_counter() - tic, 3),
         ))
+        self.ctx.emit(P.Log(message=f"Quantized matmuls: {matmuls}."))
 
         self.train = tokenize(train_rows, self.tokenizer, cfg["mask_prompt"])
         self.valid = tokenize(valid_rows, self.tokenizer, cfg["mask_prompt"])

@@ -93,6 +93,8 @@ def _float(minimum: float, maximum: Optional[float] = None, strict_min: bool = F
 
 def _choice(*options) -> Callable:
     def check(key, v):
+        if isinstance(v, bool) and {"on", "off"} <= set(options):
+            v = "on" if v else "off"  # YAML reads a bare on/off as true/false
         if v not in options:
             raise ConfigError(
                 f"{key} is {_fmt(v)}, but it must be one of: {', '.join(map(str, options))}.", key
@@ -246,6 +248,10 @@ SETTINGS: list[Setting] = [
     Setting("frozen_cache", "auto", "training",
             "Keep the frozen blocks' output from the first epoch and start later epochs' steps above them: auto "
             "when the run repeats its data and the cache fits in a quarter of available memory; on; off.",
+            _choice("auto", "on", "off")),
+    Setting("dequant_matmul", "auto", "training",
+            "A quantized base's layers unpack their weights, then run a float matmul, for the many rows of a "
+            "training step: auto on a CUDA GPU (faster there); on; off (MLX's quantized kernel).",
             _choice("auto", "on", "off")),
     Setting("seed", 0, "training", "Seed for the data order, LoRA init and dropout.", _int(0, 2**31 - 1)),
     # LoRA

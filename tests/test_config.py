@@ -72,6 +72,16 @@ def test_yaml_round_trip_is_atomic_and_lossless(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]  # no temp file left behind
 
 
+def test_a_bare_on_or_off_in_yaml_is_the_choice_it_names(tmp_path):
+    # YAML 1.1 reads on/off as true/false; the settings whose choices are "on" and "off" take them back
+    f = tmp_path / "c.yaml"
+    f.write_text("frozen_cache: off\ndequant_matmul: on\n")
+    cfg = C.load(f)
+    assert (cfg["frozen_cache"], cfg["dequant_matmul"]) == ("off", "on")
+    with pytest.raises(C.ConfigError, match="fine_tune_type is False, but it must be one of: lora, dora, full"):
+        C.validate({"fine_tune_type": False})  # other choices are not on/off
+
+
 def test_broken_yaml_is_one_sentence(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("batch_size: [1,\n")

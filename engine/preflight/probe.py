@@ -14,6 +14,7 @@ import mlx.nn as nn
 from farense_core import protocol as P
 from farense_core.format import gb
 
+from .. import dequant
 from ..frozen import frozen_blocks
 from ..model import apply_fine_tune_type, set_base_dtype
 from ..split import training_loss
@@ -219,6 +220,7 @@ def _probe(rec: Recommendation, model, info: Optional[ModelInfo], hw: Hardware, 
     working = set_base_dtype(model, cfg["base_dtype"], cfg["fine_tune_type"] == "full")
     mx.random.seed(cfg["seed"])
     apply_fine_tune_type(model, cfg)
+    dequant.apply(model, cfg["dequant_matmul"], working)
     mx.eval(model.parameters())
     runner = ProbeRunner(model, cfg, info.vocab)
     longest = longest_example(lengths)

@@ -818,7 +818,7 @@ async def test_settings_with_a_few_values_are_pick_lists(app_factory):
         await wait_for(pilot, lambda: tab.fields_mounted, "the settings")
         picks = {key for key, field in tab.fields.items() if isinstance(field.editor, Select)}
         assert picks == {"fine_tune_type", "base_dtype", "optimizer", "lr_schedule", "best_by",
-                         "frozen_cache"}
+                         "frozen_cache", "dequant_matmul"}
         optimizer = tab.fields["optimizer"].editor
         assert [str(o[0]) for o in optimizer._options] == ["adam", "adamw", "sgd", "adafactor"]
         optimizer.value = "adamw"
