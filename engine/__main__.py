@@ -1,9 +1,9 @@
 import os
 import sys
 
-from . import cuda_env
+from . import startup
 
-cuda_env.apply(os.environ, sys.platform)  # before MLX starts
+startup.apply(os.environ, sys.platform)  # before MLX starts
 
 from .server import main  # noqa: E402
 

@@ -133,36 +133,3 @@ def test_a_run_with_dequantized_matmuls_trains_the_kernels_adapter(tiny_quantize
     for k in a:
         assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-4, k
 
-
-def test_the_engine_sets_smaller_cuda_graphs_on_linux_unless_the_user_did():
-    from engine import cuda_env
-
-    env = {}
-    cuda_env.apply(env, "linux")
-    assert env == {"MLX_MAX_MB_PER_BUFFER": "200"}
-    mine = {"MLX_MAX_MB_PER_BUFFER": "50"}
-    cuda_env.apply(mine, "linux")
-    assert mine == {"MLX_MAX_MB_PER_BUFFER": "50"}
-    mac = {}
-    cuda_env.apply(mac, "darwin")  # Metal reads the same variable; not measured there
-    assert mac == {}
-
-
-def test_the_engine_process_runs_with_the_cuda_settings(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    # python -m engine, with its server replaced by one that reports the variable
-    fake = tmp_path / "engine"
-    fake.mkdir()
-    root = Path(__file__).resolve().parent.parent
-    for name in ("__init__.py", "__main__.py", "cuda_env.py"):
-        (fake / name).write_text((root / "engine" / name).read_text())
-    (fake / "server.py").write_text("import os\n\ndef main():\n    print(os.environ.get('MLX_MAX_MB_PER_BUFFER'))\n"
-                                    "    return 0\n")
-    env = {k: v for k, v in os.environ.items() if k != "MLX_MAX_MB_PER_BUFFER"}
-    env["PYTHONPATH"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "engine"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == ("200" if sys.platform.startswith("linux") else "None"), out.stderr
