@@ -22,6 +22,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Header, TabbedContent
 from textual.worker import Worker, WorkerState
 
@@ -37,6 +38,7 @@ from .tabs.config import ConfigTab
 from .tabs.monitor import MonitorTab
 from .tabs.preflight import PreflightTab
 from .tabs.train import TrainTab
+from .widgets.app_screen import AppScreen, AppTabs
 from .widgets.help_screen import HelpScreen
 from .widgets.key_footer import KeyFooter
 from .widgets.choice_screen import Choice, ChoiceScreen
@@ -86,9 +88,12 @@ class FarenseApp(App):
         self.session = Session(self.links, options.checkpoints_dir, options.config_path, options.clock,
                                tab_keys=self.tab_keys())
 
+    def get_default_screen(self) -> Screen:
+        return AppScreen(id="_default")
+
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")  # one cell wide everywhere (⚽ is two in some terminals)
-        with TabbedContent(initial="preflight"):
+        with AppTabs(initial="preflight"):
             for tab_class in TAB_CLASSES:
                 yield tab_class(self.session)
         yield KeyFooter(compact=True)
@@ -160,9 +165,11 @@ class FarenseApp(App):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         pane = self.query_one(f"#{tab}")
-        # focus the tab's main control (or its first), so typing and its keys work at once
+        # focus the tab's main control (or its first), so typing and its keys work at once; the first is
+        # walked to, not queried (a query matches all of a tab's widgets first, some 400 in the Config tab)
         main = getattr(pane, "FOCUS_FIRST", "")
-        first = next((w for w in pane.query(main or "*") if w.focusable), None)
+        candidates = pane.query(main) if main else pane.walk_children(Widget)
+        first = next((w for w in candidates if w.focusable), None)
         if first is not None:
             first.focus()
 

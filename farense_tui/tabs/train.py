@@ -155,7 +155,10 @@ class TrainTab(TabPane):
     def refresh_runs(self) -> None:
         selected = self.selected_run()
         self.runs_read = time.monotonic()
-        self.runs = list_runs(self.session.checkpoints_dir)
+        runs = list_runs(self.session.checkpoints_dir)
+        if runs == self.runs:
+            return  # shown already: rebuilt, the table would be drawn anew in every switch to this tab
+        self.runs = runs
         table = self.query_one("#runs", DataTable)
         table.clear()
         for run in self.runs:
