@@ -1,8 +1,8 @@
 """Quantized matmuls as MLX computes them (``mx.quantized_matmul``) against dequantize-then-matmul
 (``engine.dequant``), in one process on one device:
 
-1. the matmuls of a block, alone: each linear layer's shape at ``--tokens`` rows, forward (x @ W.T) and the
-   input's gradient (dy @ W), median time of each way;
+1. the matmuls of a block, alone: each linear layer's shape at each of ``--rows`` row counts, forward (x @ W.T)
+   and the input's gradient (dy @ W), median time of each way;
 2. one compiled LoRA step of the model both ways over the same random tokens: the loss and gradients
    (largest difference), the steady step time and the peak memory.
 

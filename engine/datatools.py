@@ -240,7 +240,7 @@ def _cmd_preview(args) -> int:
             print("▶" + tokenizer.decode(kept[offset:]) + "◀")
         else:
             print(tokenizer.decode(kept))
-    print(f"▶…◀ marks what the loss is computed on when mask_prompt is true; without it, every token is trained on.")
+    print("▶…◀ marks what the loss is computed on when mask_prompt is true; without it, every token is trained on.")
     return 0
 
 

@@ -32,7 +32,7 @@ def decide(choice: str, base: str) -> tuple[bool, str]:
         return False, "MLX's quantized kernel (dequant_matmul: off)"
     if choice == "auto" and not (mx.default_device().type == mx.gpu and mx.cuda.is_available()):
         return False, "MLX's quantized kernel (dequant_matmul: auto uses it off CUDA GPUs; on forces the other)"
-    return True, f"weights dequantized for steps of {DEQUANT_FROM_ROWS} rows or more, then float matmuls"
+    return True, f"weights dequantized for matmuls of {DEQUANT_FROM_ROWS} rows or more, then float matmuls"
 
 
 @lru_cache(maxsize=None)
@@ -76,16 +76,20 @@ class DequantizedLinear(nn.QuantizedLinear):
 def use_dequantized_matmul(model) -> int:
     """Make every quantized linear layer of ``model`` compute as ``DequantizedLinear``; the count changed."""
     changed = 0
+    # mlx-lm's DoRA layers compute with their base's weights themselves, never calling it
+    dora = {id(m.linear) for _, m in model.named_modules() if type(m).__name__.startswith("DoRA")}
     for _, m in model.named_modules():
-        if type(m) is nn.QuantizedLinear:
+        if type(m) is nn.QuantizedLinear and id(m) not in dora:
             m.__class__ = DequantizedLinear
             changed += 1
     return changed
 
 
 def apply(model, choice: str, base: str) -> str:
-    """``dequant_matmul`` applied to a model prepared for training; what its quantized matmuls are, in words."""
+    """``dequant_matmul`` applied to a model prepared for training; what its quantized matmuls are, in words
+    (with how many layers compute dequantized: DoRA's layers, mixture-of-experts layers and a head tied to a
+    quantized embedding keep their own computation)."""
     on, why = decide(choice, base)
     if on:
-        use_dequantized_matmul(model)
+        why += f" ({use_dequantized_matmul(model)} layers)"
     return why

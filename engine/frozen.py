@@ -15,7 +15,6 @@ it, that the parts compute the model's own logits).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import mlx.core as mx
 import numpy as np

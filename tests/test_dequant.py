@@ -37,15 +37,22 @@ def test_a_dequantized_layer_gives_the_kernels_output_and_input_gradient():
     assert np.allclose(np.array(input_grad(fast)), np.array(input_grad(kernel)), rtol=1e-4, atol=1e-3)
 
 
-def test_few_rows_keep_the_quantized_kernel():
+def test_few_rows_keep_the_quantized_kernel(monkeypatch):
     import mlx.core as mx
 
     from engine import dequant
 
     kernel, fast = quantized_layer(), quantized_layer()
     dequant.use_dequantized_matmul(fast)
+
+    def not_here(*args):
+        raise AssertionError("dequantized for a generation step")
+
+    monkeypatch.setattr(dequant, "_matmul", not_here)
     x = mx.random.normal((4, 1, 256), key=mx.random.key(2))  # a generation step: one token per sequence
     assert mx.array_equal(fast(x), kernel(x)).item()
+    with pytest.raises(AssertionError, match="dequantized"):
+        fast(mx.random.normal((1, dequant.DEQUANT_FROM_ROWS, 256)))
 
 
 def step_peak(dequantized: bool) -> float:
@@ -96,9 +103,10 @@ def test_dequant_matmul_is_used_where_it_is_faster_and_says_why(monkeypatch):
 
     assert dequant.decide("on", "float32") == (False, "not used: the base computes in float32")
     assert dequant.decide("off", "4-bit") == (False, "MLX's quantized kernel (dequant_matmul: off)")
-    assert dequant.decide("auto", "4-bit") == (  # this machine: MLX on the CPU
+    monkeypatch.setattr(dequant.mx, "default_device", lambda: dequant.mx.Device(dequant.mx.cpu))
+    assert dequant.decide("auto", "4-bit") == (
         False, "MLX's quantized kernel (dequant_matmul: auto uses it off CUDA GPUs; on forces the other)")
-    on = (True, "weights dequantized for steps of 256 rows or more, then float matmuls")
+    on = (True, "weights dequantized for matmuls of 256 rows or more, then float matmuls")
     assert dequant.decide("on", "4-bit") == on
     monkeypatch.setattr(dequant.mx.cuda, "is_available", lambda: True)
     monkeypatch.setattr(dequant.mx, "default_device", lambda: dequant.mx.Device(dequant.mx.gpu))
@@ -124,8 +132,9 @@ def test_a_run_with_dequantized_matmuls_trains_the_kernels_adapter(tiny_quantize
         assert done.status == "completed"
         runs[choice] = events
     assert matmul_logs(runs["off"]) == ["Quantized matmuls: MLX's quantized kernel (dequant_matmul: off)."]
-    assert matmul_logs(runs["on"]) == ["Quantized matmuls: weights dequantized for steps of 1 rows or more, "
-                                       "then float matmuls."]
+    # the tiny llama's blocks hold 7 quantized layers each, its head is tied to the embedding
+    assert matmul_logs(runs["on"]) == ["Quantized matmuls: weights dequantized for matmuls of 1 rows or more, "
+                                       "then float matmuls (28 layers)."]
     losses = {k: [s.loss for s in ev if isinstance(s, P.Step)] for k, ev in runs.items()}
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
     a = adapter_arrays(tmp_path / "off" / "final" / "adapters.safetensors")
@@ -133,3 +142,16 @@ def test_a_run_with_dequantized_matmuls_trains_the_kernels_adapter(tiny_quantize
     for k in a:
         assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-4, k
 
+
+
+def test_doras_layers_are_not_counted_as_dequantized(tiny_quantized_model):
+    from mlx_lm import load
+
+    from engine import dequant
+    from engine.model import apply_fine_tune_type
+    from farense_core.config import validate
+
+    model, _ = load(str(tiny_quantized_model))
+    cfg = validate({"fine_tune_type": "dora", "num_layers": 2})[0]
+    apply_fine_tune_type(model, cfg)
+    assert dequant.use_dequantized_matmul(model) == 28 - 2 * 7  # the 2 DoRA blocks' layers keep their own way

@@ -30,8 +30,9 @@ def test_python_m_engine_applies_it_before_the_server_starts(tmp_path):
     fake.mkdir()
     for name in ("__init__.py", "__main__.py", "startup.py"):
         (fake / name).write_text((ROOT / "engine" / name).read_text())
-    (fake / "server.py").write_text("import os\n\ndef main():\n    print(os.environ.get('MLX_MAX_MB_PER_BUFFER'))\n"
-                                    "    return 0\n")
+    # the real server imports MLX as it is imported: the fake reads the variable then
+    (fake / "server.py").write_text("import os\n\nSEEN = os.environ.get('MLX_MAX_MB_PER_BUFFER')\n\n\n"
+                                    "def main():\n    print(SEEN)\n    return 0\n")
     env = {k: v for k, v in os.environ.items() if k != "MLX_MAX_MB_PER_BUFFER"}
     env["PYTHONPATH"] = os.pathsep.join((str(tmp_path), str(ROOT)))
     out = subprocess.run([sys.executable, "-m", "engine"], cwd=tmp_path, env=env, capture_output=True, text=True)

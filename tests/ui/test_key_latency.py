@@ -72,6 +72,22 @@ async def test_the_footer_follows_the_tab_in_its_keys_and_lets_removed_keys_go(a
         assert [r() for r in removed if r() is not None] == []
 
 
+async def test_a_footer_key_given_new_text_runs_its_new_action(app_factory, factory):
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        for key in ("f2", "f3", "f2"):
+            await pilot.press(key)
+            await pilot.pause()
+        before = footer_keys(app)
+        await pilot.press("f3")
+        await pilot.pause()
+        assert footer_keys(app) == before  # the keys of the Config tab, showing the Train tab's now
+        start = next(k for k in footer_keys(app) if k.display and k.description == "Start")
+        assert start.action == "start"
+        await pilot.click(start)
+        await wait_for(pilot, lambda: app.train_tab.state == "completed", "the run the key started")
+
+
 async def test_the_monitor_draws_only_while_it_shows(app_factory, factory):
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
