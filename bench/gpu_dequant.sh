@@ -6,9 +6,7 @@ set -e
 source bench/gpu_shaped7b.sh
 for STAGE in ${STAGE:-matmul}; do
 case "$STAGE" in
-warm)  # a cold kernel cache costs minutes in either tool
-  python3 bench/bench_train.py --model /tmp/models/m7b --keep-dtype --samples 32 --batch-size 4 \
-    --num-layers 16 --max-seq-length 512 --repeats 1 --epochs 2 2>&1 | tail -9 | tee $OUT/warm.txt ;;
+warm) warm7b ;;
 matmul)
   python3 bench/bench_dequant.py /tmp/models/m7b --batch-size 4 --width ${WIDTH:-512} --rows ${ROWS:-8,64,128,256,2048} ${EXTRA} \
     2>&1 | tail -30 | tee $OUT/dequant_7b.txt ;;

@@ -6,8 +6,7 @@
 set -e
 source bench/gpu_shaped7b.sh
 if [ "${STAGE:-run}" = warm ]; then
-  python3 bench/bench_train.py --model /tmp/models/m7b --keep-dtype --samples 32 --batch-size 4 \
-    --num-layers 16 --max-seq-length 512 --repeats 1 --epochs 2 --without-cache 2>&1 | tail -9 | tee $OUT/warm.txt
+  warm7b --without-cache
 else
   python3 bench/bench_train.py --model /tmp/models/m7b --keep-dtype --samples ${SAMPLES:-480} --batch-size 4 \
     --num-layers 16 --max-seq-length 512 --repeats ${REPEATS:-1} --epochs ${EPOCHS:-2} --without-cache 2>&1 \

@@ -6,9 +6,7 @@ set -e
 source bench/gpu_shaped7b.sh
 for STAGE in ${STAGE:-step}; do
 case "$STAGE" in
-warm)  # a cold kernel cache costs minutes in either tool
-  python3 bench/bench_train.py --model /tmp/models/m7b --keep-dtype --samples 32 --batch-size 4 \
-    --num-layers 16 --max-seq-length 512 --repeats 1 --epochs 2 2>&1 | tail -9 | tee $OUT/warm.txt ;;
+warm) warm7b ;;
 step)
   for c in ${CHUNKS:-4194304}; do
   python3 bench/bench_head_loss.py /tmp/models/m7b --keep-dtype --batch-size 4 --width 512 --chunk-logits $c \

@@ -64,6 +64,50 @@ def assert_bit_identical(a: dict, b: dict) -> None:
         assert np.array_equal(np.array(a[k]), np.array(b[k])), k
 
 
+def assert_adapters_close(a: Path, b: Path, tolerance: float) -> None:
+    """Two runs' adapters (their adapters.safetensors) hold the same arrays to ``tolerance``."""
+    import numpy as np
+
+    first, second = adapter_arrays(a), adapter_arrays(b)
+    assert first.keys() == second.keys() and first
+    for k in first:
+        assert np.abs(np.array(first[k]) - np.array(second[k])).max() < tolerance, k
+
+
+def token_batch(rows: int, width: int, vocab: int, seed: int = 0):
+    """(inputs, targets, mask) of random tokens; the first row's first third is a prompt without loss, the
+    last row's second half padding."""
+    import mlx.core as mx
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens = mx.array(rng.integers(3, vocab, (rows, width + 1)).astype(np.int32))
+    mask = np.ones((rows, width), np.float32)
+    mask[0, : width // 3] = 0
+    mask[-1, width // 2:] = 0
+    return tokens[:, :-1], tokens[:, 1:], mx.array(mask)
+
+
+def step_peak(model, loss, batch) -> int:
+    """MLX's peak memory (bytes) of one compiled training step (Adam) of ``model`` over ``batch``, after the
+    call that compiles it."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from engine import step
+
+    opt = optim.Adam(learning_rate=1e-4)
+    update = step.compiled_step(model, opt, nn.value_and_grad(model, loss))
+    for _ in range(2):
+        mx.synchronize()
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        out = update(*batch, None, None, None, True)
+        mx.eval(model.state, opt.state, out[0])
+    return mx.get_peak_memory()
+
+
 class EngineRun:
     """The real engine process, for every test that drives one: jobs as requests, waits with deadlines."""
 

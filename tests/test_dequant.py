@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from enginetools import step_peak, token_batch
 
 
 def quantized_layer(n_in: int = 256, n_out: int = 384):
@@ -55,13 +56,12 @@ def test_few_rows_keep_the_quantized_kernel(monkeypatch):
         fast(mx.random.normal((1, dequant.DEQUANT_FROM_ROWS, 256)))
 
 
-def step_peak(dequantized: bool) -> float:
+def peak_of_a_step(dequantized: bool) -> int:
+    """A step's peak for a small quantized llama with LoRA on every block, its layers dequantized or not."""
     import mlx.core as mx
     import mlx.nn as nn
-    import mlx.optimizers as optim
     from mlx_lm.models import llama
     from mlx_lm.tuner.utils import linear_to_lora_layers
-    from test_split import batch
 
     from engine import dequant, step
 
@@ -75,27 +75,18 @@ def step_peak(dequantized: bool) -> float:
     mx.eval(model.parameters())
     if dequantized:
         dequant.use_dequantized_matmul(model)
-    opt = optim.Adam(learning_rate=1e-4)
-    update = step.compiled_step(model, opt, nn.value_and_grad(model, step.summed_loss))
-    inputs, targets, mask = batch(4, 128, 512)
-    for _ in range(2):  # the first call compiles
-        mx.synchronize()
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        out = update(inputs, targets, mask, None, None, None, True)
-        mx.eval(model.state, opt.state, out[0])
-    return mx.get_peak_memory()
+    return step_peak(model, step.summed_loss, token_batch(4, 128, 512))
 
 
 def test_a_step_holds_one_layers_float_weights_at_a_time(monkeypatch):
     import mlx.core as mx
 
-    kernel = step_peak(False)
+    kernel = peak_of_a_step(False)
     largest = 1024 * 256 * 4  # the largest layer's weights in float32
     # measured: 83.7 MB against the kernel's 94.7; 106.0 when MLX may unpack any layer first (no ordering)
-    assert step_peak(True) <= kernel + largest
+    assert peak_of_a_step(True) <= kernel + largest
     monkeypatch.setattr(mx, "depends", lambda inputs, dependencies: inputs)
-    assert step_peak(True) > kernel + largest  # what the ordering is there for
+    assert peak_of_a_step(True) > kernel + largest  # what the ordering is there for
 
 
 def test_dequant_matmul_is_used_where_it_is_faster_and_says_why(monkeypatch):
@@ -116,7 +107,7 @@ def test_dequant_matmul_is_used_where_it_is_faster_and_says_why(monkeypatch):
 @pytest.mark.slow
 def test_a_run_with_dequantized_matmuls_trains_the_kernels_adapter(tiny_quantized_model, tiny_data, tmp_path,
                                                                   monkeypatch):
-    from enginetools import adapter_arrays, base_config, train_in_process
+    from enginetools import assert_adapters_close, base_config, train_in_process
     from engine import dequant
     from farense_core import protocol as P
 
@@ -137,10 +128,8 @@ def test_a_run_with_dequantized_matmuls_trains_the_kernels_adapter(tiny_quantize
                                        "then float matmuls (28 layers)."]
     losses = {k: [s.loss for s in ev if isinstance(s, P.Step)] for k, ev in runs.items()}
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
-    a = adapter_arrays(tmp_path / "off" / "final" / "adapters.safetensors")
-    b = adapter_arrays(tmp_path / "on" / "final" / "adapters.safetensors")
-    for k in a:
-        assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-4, k
+    assert_adapters_close(tmp_path / "off" / "final" / "adapters.safetensors",
+                          tmp_path / "on" / "final" / "adapters.safetensors", 1e-4)
 
 
 

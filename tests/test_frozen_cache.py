@@ -3,10 +3,10 @@ train what a run without the cache trains; a resumed run stays bit-identical."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from enginetools import adapter_arrays, assert_bit_identical, base_config, train_in_process, train_stopped_at
+from enginetools import (adapter_arrays, assert_adapters_close, assert_bit_identical, base_config, train_in_process,
+                         train_stopped_at)
 from farense_core import protocol as P
 
 
@@ -43,10 +43,8 @@ def test_later_epochs_start_above_the_frozen_blocks_and_train_the_same_adapter(t
     assert off.summary["frozen_cache"] is None and logs(off_events) == ["Frozen-block cache off (frozen_cache: off)."]
     assert [s.loss for s in events if isinstance(s, P.Step)] == pytest.approx(
         [s.loss for s in off_events if isinstance(s, P.Step)], rel=1e-5)
-    a = adapter_arrays(tmp_path / "cached" / "final" / "adapters.safetensors")
-    b = adapter_arrays(tmp_path / "plain" / "final" / "adapters.safetensors")
-    for k in a:
-        assert np.abs(np.array(a[k]) - np.array(b[k])).max() < 1e-5, k
+    assert_adapters_close(tmp_path / "cached" / "final" / "adapters.safetensors",
+                          tmp_path / "plain" / "final" / "adapters.safetensors", 1e-5)
 
 
 @pytest.mark.slow
