@@ -55,7 +55,7 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
         subprocess.run(["tmux", "send-keys", "-t", name, "F3"])
         wait_for_text(name, "Start (s)")
         subprocess.run(["tmux", "send-keys", "-t", name, "s"])
-        wait_for_text(name, "update 1/", timeout=600)  # the engine trains
+        wait_for_text(name, "update 1/", timeout=600, fail="engine: failed")  # the engine trains
         pane_pid = int(subprocess.run(["tmux", "display", "-p", "-t", name, "#{pane_pid}"], capture_output=True,
                                       text=True).stdout.strip())
         ui = psutil.Process(pane_pid)
@@ -77,11 +77,14 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
         shutil.rmtree(runs, ignore_errors=True)
 
 
-def wait_for_text(name: str, text: str, timeout: float = 60.0, poll: float = 0.01) -> None:
+def wait_for_text(name: str, text: str, timeout: float = 60.0, poll: float = 0.01, fail: str | None = None) -> None:
+    """Until ``text`` is on the screen; ends the bench with the screen if ``fail`` shows instead or time runs out."""
     deadline = time.perf_counter() + timeout
-    while text not in capture(name):
+    while text not in (screen := capture(name)):
+        if fail and fail in screen:
+            raise SystemExit(f"{fail!r} on screen:\n{screen}")
         if time.perf_counter() > deadline:
-            raise SystemExit(f"{text!r} not on screen after {timeout} s:\n{capture(name)}")
+            raise SystemExit(f"{text!r} not on screen after {timeout} s:\n{screen}")
         time.sleep(poll)
 
 

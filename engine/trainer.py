@@ -42,6 +42,7 @@ from . import dequant
 from . import distributed
 from . import frozen
 from .awake import keep_awake, let_sleep
+from .priority import yield_cpu
 from . import recall as probes
 from .datatools import length_stats
 from .model import InputError, adapter_config, parameter_counts, prepare, trainable_weights, weights_finite
@@ -746,6 +747,8 @@ def train(ctx: Context, cfg_raw: dict, run_dir: str | Path, resume: bool = False
         ctx.tee(events_file)
         ctx.run_dir = rd.path  # from here the UI may detach and leave the run to this folder
         awake = keep_awake()
+        if lowered := yield_cpu():
+            ctx.emit(P.Log(message=f"Training yields the CPU to the app and other programs: {', '.join(lowered)}."))
         for note in notes:
             ctx.warn(note, code=getattr(note, "code", "resume_config"))
         C.save_yaml(cfg, rd.config)

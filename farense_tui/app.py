@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -30,6 +30,7 @@ from farense_core import protocol as P
 from farense_core.rundir import RUNS_FOLDER, RunDir
 
 from .attach import live_runs
+from .collector import IdleCollector
 from .engine_worker import EngineFactory, EngineLink, start_engine_process
 from .messages import OpenRun, RecommendedConfig, TrainingStarted
 from .session import Session
@@ -44,6 +45,7 @@ from .widgets.key_footer import KeyFooter
 from .widgets.choice_screen import Choice, ChoiceScreen
 
 TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
+SWITCH_SECONDS = 0.001  # how long a thread may hold the interpreter while another waits (Python's: 0.005)
 
 
 @dataclass
@@ -83,6 +85,8 @@ class FarenseApp(App):
             "preflight": EngineLink(self, "preflight", options.engine_factory, lambda: [self.preflight_tab]),
             "chat": EngineLink(self, "chat", options.engine_factory, lambda: [self.chat_tab], keep_alive=True),
         }
+        self.collector = IdleCollector()  # full garbage passes when no key waits (collector.py)
+        self._switch_interval = sys.getswitchinterval()  # given back as the app ends
         self.farewell = ""  # what the app says as it quits
         self._closing = False  # its terminal window closed: leaving
         self.session = Session(self.links, options.checkpoints_dir, options.config_path, options.clock,
@@ -110,6 +114,11 @@ class FarenseApp(App):
     def on_mount(self) -> None:
         self.session.config = self.config_tab
         self.theme = self.options.theme
+        self.collector.start()
+        self.set_interval(1.0, self.collector.tick, name="idle-gc")
+        # a frame goes out on Textual's writer thread, which waited up to 5 ms for the interpreter while
+        # this thread went on with the messages after the frame
+        sys.setswitchinterval(SWITCH_SECONDS)
         live = sorted(live_runs(self.options.checkpoints_dir), key=lambda p: RunDir(p).events.stat().st_mtime)
         if live and self.train_tab.attach(live[-1]):
             self.action_show_tab("train")  # a run left training in the background: follow it again
@@ -139,6 +148,13 @@ class FarenseApp(App):
             self.train_tab.detach()
         await self._close_engines()
         os._exit(0)
+
+    INPUT = (events.Key, events.MouseDown, events.MouseUp, events.MouseScrollDown, events.MouseScrollUp)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, self.INPUT):
+            self.collector.input_seen()
+        await super().on_event(event)
 
     # -- the tabs
 
@@ -326,6 +342,8 @@ class FarenseApp(App):
     async def on_unmount(self) -> None:
         # however the app ends, its engine readers must end too (their threads would hold up the exit)
         await self._close_engines()
+        self.collector.stop()
+        sys.setswitchinterval(self._switch_interval)
         gc.unfreeze()  # what the app held can be collected again (tests run many apps in one process)
 
     async def _close_engines(self) -> None:

@@ -1,11 +1,13 @@
 """What keeps a tab switch cheap while a run trains (issue 13; bench/profile_ui_keys.py measures it): the
 Config tab's list does not restyle its fields as it gains or loses focus, the footer changes its keys' text
 in place (rebuilt only when it needs more keys, it lets the keys it removed go), the Monitor draws only while
-it shows, and a training app keeps its long-lived objects out of the garbage collector's full passes."""
+it shows, the app keeps its long-lived objects out of the garbage collector's full passes and runs those
+passes when no key waits."""
 
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
 import pytest
@@ -13,6 +15,8 @@ from textual.widgets import Static
 from textual.widgets._footer import FooterKey
 from ui_helpers import SIZE, wait_for
 
+from farense_tui import collector
+from farense_tui.app import SWITCH_SECONDS
 from farense_tui.widgets.key_footer import KeyFooter
 
 pytestmark = pytest.mark.slow  # a Textual app per test
@@ -102,10 +106,29 @@ async def test_the_monitor_draws_only_while_it_shows(app_factory, factory):
         assert "update 40/40" in str(app.query_one("#figures", Static).render())
 
 
-async def test_a_training_app_freezes_its_objects_until_it_quits(app_factory, factory):
+async def test_the_app_freezes_its_widgets_once_mounted_and_a_run_s_objects_until_it_quits(app_factory, factory):
     app = app_factory(factory)
+    assert gc.get_freeze_count() == 0
     async with app.run_test(size=SIZE) as pilot:
-        assert gc.get_freeze_count() == 0
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted and app.monitor_tab.query("MetricPlot"),
+                       "the tabs' deferred parts")
+        await wait_for(pilot, lambda: gc.get_freeze_count() > 0, "the app's widgets frozen")
+        frozen = gc.get_freeze_count()
+        fields = list(app.config_tab.query("SettingField"))
+        collected = {id(o) for o in gc.get_objects()}  # what the full passes walk (frozen objects are not)
+        assert len(fields) > 20 and not any(id(f) in collected for f in fields)
         await pilot.press("f3", "s")
-        await wait_for(pilot, lambda: gc.get_freeze_count() > 0, "the app's objects frozen")
+        await wait_for(pilot, lambda: gc.get_freeze_count() > frozen, "the run's objects frozen")
     assert gc.get_freeze_count() == 0  # collectable again once it has quit
+
+
+async def test_full_garbage_passes_wait_for_an_idle_app_which_gives_them_back_as_it_quits(app_factory):
+    app = app_factory()
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    async with app.run_test(size=SIZE) as pilot:
+        assert gc.get_threshold()[2] == collector.NEVER  # Python runs none of its own meanwhile
+        assert sys.getswitchinterval() == SWITCH_SECONDS  # a frame's writer thread waits less
+        seen = app.collector.last_input
+        await pilot.press("f2")
+        assert app.collector.last_input > seen
+    assert gc.get_threshold() == thresholds and sys.getswitchinterval() == interval

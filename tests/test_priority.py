@@ -1,0 +1,46 @@
+"""A training engine yields the CPU (engine/priority.py): in its own session it lowers its nice and, on
+Linux, its scheduling group's; run from a shell (or a test) it changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import priority
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ("import json, os; from engine import priority; changed = priority.yield_cpu(); "
+         "print(json.dumps([changed, os.getpriority(os.PRIO_PROCESS, 0), priority.group_nice()]))")
+
+
+def probe(new_session: bool) -> tuple[list[str], int, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True,
+                         start_new_session=new_session).stdout
+    changed, nice, group = json.loads(out)
+    return changed, nice, group
+
+
+def test_an_engine_in_its_own_session_yields_the_cpu():
+    changed, nice, group = probe(new_session=True)
+    parent = os.getpriority(os.PRIO_PROCESS, 0)
+    assert nice == max(priority.NICE, parent)
+    assert (f"nice {priority.NICE}" in changed) == (parent < priority.NICE)
+    if sys.platform.startswith("linux") and os.path.exists(priority.AUTOGROUP):
+        assert group == priority.NICE and f"its scheduling group's nice {priority.NICE}" in changed
+
+
+def test_a_process_in_someone_elses_session_is_left_as_it_is():
+    before = priority.group_nice()
+    changed, nice, group = probe(new_session=False)
+    assert changed == [] and nice == os.getpriority(os.PRIO_PROCESS, 0) and group == before
+
+
+@pytest.mark.skipif(not os.path.exists(priority.AUTOGROUP), reason="Linux without scheduling groups")
+def test_the_group_nice_is_read_from_proc():
+    with open(priority.AUTOGROUP) as f:
+        assert f.read().split()[-2:] == ["nice", str(priority.group_nice())]
