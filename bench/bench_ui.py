@@ -1,12 +1,16 @@
 """What a user waits for in the app: the first frame, and the first token of the first reply.
 
-    python bench/bench_ui.py [--repeats 5] [--busy]
+    python bench/bench_ui.py [--repeats 5] [--keys 40]
 
 - First frame: ``farense-tui`` started in a 120x40 tmux session, timed until the Preflight tab is on the
-  screen (the screen is read every 10 ms). With ``--busy``, two processes spin on both cores meanwhile.
+  screen (the screen is read every 10 ms); then again while a spinning process per core keeps them busy.
 - First token: the app run headless with the real engine and the embedded default model; F5 opens the
   Chat tab (which loads the model in the background), and once it is loaded, the time from Enter to
   the first token on screen.
+- With ``--keys N``, first: key to screen while the app trains the Farense config at full speed. N
+  switches between the Config and Train tabs (F2/F3), each timed from ``tmux send-keys`` until the new
+  tab's text is in the pane, read every 2 ms through one tmux control-mode client; and the UI process's
+  share of a core meanwhile.
 """
 
 from __future__ import annotations
@@ -40,6 +44,45 @@ def capture(name: str) -> str:
     return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
 
 
+class ControlClient:
+    """The pane's text through one tmux control-mode client (``tmux -C``): a look costs a line on a pipe,
+    not a tmux process (one every 2 ms took some 40% of a core, beside the app it measures)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(["tmux", "-C", "attach", "-t", name, "-f", "no-output,read-only,ignore-size"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.pending = b""
+        self.proc.stdin.write(b"display -p SYNC\n")
+        while "SYNC" not in self._reply():  # what attaching answers comes first
+            pass
+
+    def _reply(self) -> str:
+        """The next command's output: the lines between %begin and %end (or %error)."""
+        body: list[bytes] | None = None
+        while True:
+            while b"\n" not in self.pending:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise SystemExit("the tmux control client ended")
+                self.pending += chunk
+            line, self.pending = self.pending.split(b"\n", 1)
+            if line.startswith(b"%begin"):
+                body = []
+            elif line.startswith((b"%end", b"%error")) and body is not None:
+                return b"\n".join(body).decode("utf-8", "replace")
+            elif body is not None:
+                body.append(line)
+
+    def __call__(self, name: str) -> str:
+        self.proc.stdin.write(f"capture-pane -p -t {self.name}\n".encode())
+        return self._reply()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(5)
+
+
 def keys_while_training(samples: int) -> tuple[list[float], float]:
     """Key-to-screen latency (F2/F3 switching tabs, until the new tab's text is on the terminal) while the
     app trains the default Farense config at full speed, and the UI process's share of a core meanwhile."""
@@ -59,16 +102,18 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
         pane_pid = int(subprocess.run(["tmux", "display", "-p", "-t", name, "#{pane_pid}"], capture_output=True,
                                       text=True).stdout.strip())
         ui = psutil.Process(pane_pid)
+        look = ControlClient(name)
         cpu0, wall0 = sum(ui.cpu_times()[:2]), time.perf_counter()
         latencies = []
         for i in range(samples):
             key, marker = ("F2", "Effective batch size") if i % 2 == 0 else ("F3", "Runs in the checkpoints folder")
             tic = time.perf_counter()
             subprocess.run(["tmux", "send-keys", "-t", name, key])
-            wait_for_text(name, marker, poll=0.002)
+            wait_for_text(name, marker, poll=0.002, look=look)
             latencies.append(time.perf_counter() - tic)
             time.sleep(0.2)
         share = (sum(ui.cpu_times()[:2]) - cpu0) / (time.perf_counter() - wall0)
+        look.close()
         subprocess.run(["tmux", "send-keys", "-t", name, "x"])
         wait_for_text(name, "engine: stopped", timeout=120)
         return latencies, share
@@ -77,10 +122,11 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
         shutil.rmtree(runs, ignore_errors=True)
 
 
-def wait_for_text(name: str, text: str, timeout: float = 60.0, poll: float = 0.01, fail: str | None = None) -> None:
+def wait_for_text(name: str, text: str, timeout: float = 60.0, poll: float = 0.01, fail: str | None = None,
+                  look=capture) -> None:
     """Until ``text`` is on the screen; ends the bench with the screen if ``fail`` shows instead or time runs out."""
     deadline = time.perf_counter() + timeout
-    while text not in (screen := capture(name)):
+    while text not in (screen := look(name)):
         if fail and fail in screen:
             raise SystemExit(f"{fail!r} on screen:\n{screen}")
         if time.perf_counter() > deadline:
@@ -152,7 +198,8 @@ def main() -> int:
     if args.keys:
         latencies, share = keys_while_training(args.keys)
         latencies.sort()
-        print(f"key to screen while training ({len(latencies)} F2/F3 switches, tmux polled every 2 ms): "
+        print(f"key to screen while training ({len(latencies)} F2/F3 switches, the pane read every 2 ms through a "
+              f"tmux control client): "
               f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1000:.0f} "
               f"ms, max {latencies[-1] * 1000:.0f} ms; UI process {share:.0%} of a core")
     if shutil.which("tmux") is None:
