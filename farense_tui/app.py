@@ -85,6 +85,10 @@ class FarenseApp(App):
             "preflight": EngineLink(self, "preflight", options.engine_factory, lambda: [self.preflight_tab]),
             "chat": EngineLink(self, "chat", options.engine_factory, lambda: [self.chat_tab], keep_alive=True),
         }
+        # Textual slides the tabs' underline for 0.3 s after each switch, a frame every 17 ms (a quarter of the
+        # UI's CPU under a run of switches while training): the app draws at once unless the user asks for it
+        if "TEXTUAL_ANIMATIONS" not in os.environ:
+            self.animation_level = "none"
         self.collector = IdleCollector()  # full garbage passes when no key waits (collector.py)
         self._switch_interval = sys.getswitchinterval()  # given back as the app ends
         self.farewell = ""  # what the app says as it quits
