@@ -14,11 +14,10 @@ import pytest
 from textual.widgets import Static
 from textual.widgets._footer import FooterKey
 from textual.widgets._tabs import Underline
-from fake_engine import FakeFactory
 from ui_helpers import SIZE, wait_for
 
 from farense_tui import collector
-from farense_tui.app import SWITCH_SECONDS, make_app
+from farense_tui.app import SWITCH_SECONDS
 from farense_tui.widgets.key_footer import KeyFooter
 
 pytestmark = pytest.mark.slow  # a Textual app per test
@@ -136,16 +135,11 @@ async def test_full_garbage_passes_wait_for_an_idle_app_which_gives_them_back_as
     assert gc.get_threshold() == thresholds and sys.getswitchinterval() == interval
 
 
-def app_as_started():
-    """The app as the command line makes it (the fixture pins its animation level for the snapshots)."""
-    return make_app(engine_factory=FakeFactory(), config_path="config.yaml", checkpoints_dir="checkpoints")
-
-
-async def test_a_tab_switch_moves_the_underline_at_once(workdir, monkeypatch):
+async def test_a_tab_switch_moves_the_underline_at_once(app_factory, monkeypatch):
     monkeypatch.delenv("TEXTUAL_ANIMATIONS", raising=False)
     slides = []
     monkeypatch.setattr(Underline, "animate", lambda self, attribute, *args, **kwargs: slides.append(attribute))
-    app = app_as_started()
+    app = app_factory(as_started=True)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f3")
         await pilot.pause(0.1)  # the slide would start 0.02 s after the switch
@@ -155,6 +149,6 @@ async def test_a_tab_switch_moves_the_underline_at_once(workdir, monkeypatch):
         assert (underline.highlight_start, underline.highlight_end) == (start, end) and slides == []
 
 
-def test_animations_are_the_user_s_to_turn_on(workdir, monkeypatch):
+def test_animations_are_the_user_s_to_turn_on(app_factory, monkeypatch):
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "full")
-    assert app_as_started().animation_level == "full"
+    assert app_factory(as_started=True).animation_level == "full"
