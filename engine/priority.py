@@ -27,7 +27,8 @@ def yield_cpu(platform: str = sys.platform) -> list[str]:
             changed.append(f"nice {NICE}")
     except OSError:
         pass
-    if platform.startswith("linux") and group_nice() < NICE:
+    group = group_nice()
+    if platform.startswith("linux") and group is not None and group < NICE:
         for attempt in range(3):  # Linux refuses a second change within 0.1 s machine-wide (EAGAIN)
             try:
                 with open(AUTOGROUP, "w") as f:
@@ -41,10 +42,14 @@ def yield_cpu(platform: str = sys.platform) -> list[str]:
     return changed
 
 
-def group_nice() -> int:
-    """This process's scheduling group's nice ("/autogroup-35 nice 0"); NICE where Linux has no groups."""
+def group_nice(path: str = AUTOGROUP) -> int | None:
+    """This process's scheduling group's nice ("/autogroup-35 nice 0"); None where the system has no
+    groups or shows none (some sandboxed kernels keep the file and leave it empty)."""
     try:
-        with open(AUTOGROUP) as f:
-            return int(f.read().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return NICE
+        with open(path) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    if len(words) == 3 and words[1] == "nice" and words[2].lstrip("-").isdigit():
+        return int(words[2])
+    return None

@@ -30,8 +30,10 @@ def test_an_engine_in_its_own_session_yields_the_cpu():
     parent = os.getpriority(os.PRIO_PROCESS, 0)
     assert nice == max(priority.NICE, parent)
     assert (f"nice {priority.NICE}" in changed) == (parent < priority.NICE)
-    if sys.platform.startswith("linux") and os.path.exists(priority.AUTOGROUP):
+    if sys.platform.startswith("linux") and priority.group_nice() is not None:
         assert group == priority.NICE and f"its scheduling group's nice {priority.NICE}" in changed
+    else:
+        assert group is None and not any("scheduling group" in c for c in changed)
 
 
 def test_a_process_in_someone_elses_session_is_left_as_it_is():
@@ -40,7 +42,19 @@ def test_a_process_in_someone_elses_session_is_left_as_it_is():
     assert changed == [] and nice == os.getpriority(os.PRIO_PROCESS, 0) and group == before
 
 
-@pytest.mark.skipif(not os.path.exists(priority.AUTOGROUP), reason="Linux without scheduling groups")
+@pytest.mark.parametrize("text, nice", [("/autogroup-35 nice 0\n", 0), ("/autogroup-7 nice 10\n", 10),
+                                        ("/autogroup-7 nice -5\n", -5), ("", None), ("garbage\n", None)])
+def test_the_group_nice_is_read_as_linux_writes_it(tmp_path, text, nice):
+    path = tmp_path / "autogroup"
+    path.write_text(text)
+    assert priority.group_nice(str(path)) == nice
+
+
+def test_no_group_file_means_no_group(tmp_path):
+    assert priority.group_nice(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.skipif(priority.group_nice() is None, reason="this kernel shows no scheduling group")
 def test_the_group_nice_is_read_from_proc():
     with open(priority.AUTOGROUP) as f:
         assert f.read().split()[-2:] == ["nice", str(priority.group_nice())]
