@@ -1,6 +1,6 @@
 """What a user waits for in the app: the first frame, and the first token of the first reply.
 
-    python bench/bench_ui.py [--repeats 5] [--keys 40]
+    python bench/bench_ui.py [--repeats 5] [--keys 40 [--keys-only]]
 
 - First frame: ``farense-tui`` started in a 120x40 tmux session, timed until the Preflight tab is on the
   screen (the screen is read every 10 ms); then again while a spinning process per core keeps them busy.
@@ -8,9 +8,9 @@
   Chat tab (which loads the model in the background), and once it is loaded, the time from Enter to
   the first token on screen.
 - With ``--keys N``, first: key to screen while the app trains the Farense config at full speed. N
-  switches between the Config and Train tabs (F2/F3), each timed from ``tmux send-keys`` until the new
-  tab's text is in the pane, read every 2 ms through one tmux control-mode client; and the UI process's
-  share of a core meanwhile.
+  switches between the Config and Train tabs (F2/F3), each timed from the key given to tmux until the new
+  tab's text is in the pane, read every 2 ms; keys and looks go through one tmux control-mode client.
+  And the UI process's share of a core meanwhile.
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ def capture(name: str) -> str:
 
 
 class ControlClient:
-    """The pane's text through one tmux control-mode client (``tmux -C``): a look costs a line on a pipe,
-    not a tmux process (one every 2 ms took some 40% of a core, beside the app it measures)."""
+    """The pane's text, and keys to it, through one tmux control-mode client (``tmux -C``): a look or a key
+    costs a line on a pipe, not a tmux process (one every 2 ms took some 40% of a core, beside the app it
+    measures; one per key, 3-10 ms of a busy machine before the key reached tmux, which a terminal's
+    keystroke does not wait for)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.proc = subprocess.Popen(["tmux", "-C", "attach", "-t", name, "-f", "no-output,read-only,ignore-size"],
+        self.proc = subprocess.Popen(["tmux", "-C", "attach", "-t", name, "-f", "no-output,ignore-size"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.pending = b""
         self.proc.stdin.write(b"display -p SYNC\n")
@@ -77,6 +79,11 @@ class ControlClient:
     def __call__(self, name: str) -> str:
         self.proc.stdin.write(f"capture-pane -p -t {self.name}\n".encode())
         return self._reply()
+
+    def send(self, key: str) -> None:
+        """A key to the pane, as tmux's ``send-keys``; returns once tmux has taken it."""
+        self.proc.stdin.write(f"send-keys -t {self.name} {key}\n".encode())
+        self._reply()
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -108,7 +115,7 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
         for i in range(samples):
             key, marker = ("F2", "Effective batch size") if i % 2 == 0 else ("F3", "Runs in the checkpoints folder")
             tic = time.perf_counter()
-            subprocess.run(["tmux", "send-keys", "-t", name, key])
+            look.send(key)
             wait_for_text(name, marker, poll=0.002, look=look)
             latencies.append(time.perf_counter() - tic)
             time.sleep(0.2)
@@ -190,18 +197,26 @@ async def first_token() -> tuple[float, float]:
         return seen["loaded"] - tic, seen["token"] - enter
 
 
+def spread(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    return (f"p50 {statistics.median(ordered) * 1000:.0f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.0f} ms, "
+            f"max {ordered[-1] * 1000:.0f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--keys", type=int, default=0, help="also time this many tab switches while training")
+    ap.add_argument("--keys-only", action="store_true", help="with --keys: only the tab switches")
     args = ap.parse_args()
     if args.keys:
         latencies, share = keys_while_training(args.keys)
-        latencies.sort()
-        print(f"key to screen while training ({len(latencies)} F2/F3 switches, the pane read every 2 ms through a "
-              f"tmux control client): "
-              f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1000:.0f} "
-              f"ms, max {latencies[-1] * 1000:.0f} ms; UI process {share:.0%} of a core")
+        print(f"key to screen while training ({len(latencies)} F2/F3 switches, keys and looks every 2 ms through a "
+              f"tmux control client): {spread(latencies)}; UI process {share:.0%} of a core")
+        for key, tab in (("F2", "Config"), ("F3", "Train")):
+            print(f"  {key} ({tab}): {spread(latencies[key == 'F3'::2])}")
+        if args.keys_only:
+            return 0
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed for the first-frame figure")
     first_frame(False)  # warm the file cache
