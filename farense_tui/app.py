@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -46,6 +47,7 @@ from .widgets.choice_screen import Choice, ChoiceScreen
 
 TAB_CLASSES = (PreflightTab, ConfigTab, TrainTab, MonitorTab, ChatTab)
 SWITCH_SECONDS = 0.001  # how long a thread may hold the interpreter while another waits (Python's: 0.005)
+WRITE_SECONDS = 0.05  # after a key's frame is drawn, until garbage passes may run again (the frame is written)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class FarenseApp(App):
         with AppTabs(initial="preflight"):
             for tab_class in TAB_CLASSES:
                 yield tab_class(self.session)
-        yield KeyFooter(compact=True)
+        yield KeyFooter()
 
     def tab_keys(self) -> dict[str, str]:
         """Tab id -> the key of the binding that shows it ("F3"), for the tabs' hints."""
@@ -158,6 +160,9 @@ class FarenseApp(App):
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, self.INPUT):
             self.collector.input_seen()
+            held = self.collector.hold()
+            if held is not None:  # until the screen has drawn what the input changed, and written it out
+                self.call_after_refresh(self.set_timer, WRITE_SECONDS, partial(self.collector.release, held))
         await super().on_event(event)
 
     # -- the tabs

@@ -1,65 +1,163 @@
-"""The footer of key hints, changed in place as focus moves, rebuilt only when its keys need more widgets."""
+"""The footer of key hints: one line, one widget.
+
+Textual's Footer is a row of widgets, one per key, each as wide as its text: when focus moves to a widget
+with other keys (every tab switch) it rebuilds or changes them, and the screen arranges all its widgets
+again (9-12 ms of a busy machine's CPU per switch, on top of the tab's own layout). This footer draws the
+same keys as text on its one line: a change of keys repaints that line and nothing else. Like Textual's,
+a key is clicked to press it (a disabled one rings the bell), shows its tooltip under the pointer, the
+command palette's key sits at the right end, and a mouse wheel scrolls keys that do not fit.
+"""
 
 from __future__ import annotations
 
-from textual.compose import compose
+from typing import NamedTuple
+
+from rich.text import Text
+from textual import events
 from textual.screen import Screen
-from textual.widgets import Footer
-from textual.widgets._footer import FooterKey
-
-KEY_CLASSES = ("-disabled", "-grouped", "-command-palette")  # the classes Footer.compose gives its keys
+from textual.widget import Widget
 
 
-class KeyFooter(Footer):
-    """Textual's Footer rebuilds all its keys (removes and mounts them: two layouts of the whole screen,
-    each with its frame) after the frame that follows a change of focus, on every tab switch. Here the keys
-    it has take the new keys' text instead (one layout), still after that frame: done before it, the tab's
-    own frame would wait for it. The footer is rebuilt only when it needs more keys than it has (or a
-    group), a rebuild that would show the same keys is skipped, and the keys a rebuild removes are let go."""
+class FooterKey(NamedTuple):
+    key: str  # what pressing it sends (the binding's first key)
+    display: str  # how the footer writes the key
+    description: str
+    action: str
+    enabled: bool
+    tooltip: str
+    palette: bool = False  # the command palette's key, drawn at the right end
 
-    _shown: tuple | None = None  # what the keys show now
 
-    def _keys(self) -> tuple:
-        """What the footer draws: the shown bindings, and the command palette's."""
-        active = self.screen.active_bindings
-        palette = self.app.COMMAND_PALETTE_BINDING if self.show_command_palette else ""
-        return self.compact, tuple(
-            (b.key, b.action, b.description, b.key_display, b.group, b.tooltip, enabled, tooltip)
-            for key, (_, b, enabled, tooltip) in active.items() if b.show or key == palette)
+class KeyFooter(Widget):
+    ALLOW_SELECT = False
+    COMPONENT_CLASSES = {"key-footer--key", "key-footer--description", "key-footer--hover", "key-footer--edge"}
+    DEFAULT_CSS = """
+    KeyFooter {
+        dock: bottom;
+        height: 1;
+        width: 1fr;
+        color: $footer-foreground;
+        background: $footer-background;
+    }
+    KeyFooter > .key-footer--key {
+        color: $footer-key-foreground;
+        background: $footer-key-background;
+        text-style: bold;
+    }
+    KeyFooter > .key-footer--description {
+        color: $footer-description-foreground;
+        background: $footer-description-background;
+    }
+    KeyFooter > .key-footer--hover { background: $block-hover-background; }
+    KeyFooter > .key-footer--edge { color: $foreground 20%; }
+    """
+
+    def __init__(self, *, show_command_palette: bool = True, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.show_command_palette = show_command_palette
+        self.keys: tuple[FooterKey, ...] = ()
+        self.spans: list[tuple[int, int, FooterKey]] = []  # (first cell, end cell, key) as last drawn
+        self.hovered: FooterKey | None = None
+        self.scrolled = 0  # cells of the left-hand keys scrolled out of sight
+
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, self.bindings_changed)
+        self.bindings_changed(self.screen)
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
 
     def bindings_changed(self, screen: Screen) -> None:
-        if screen.app.app_focus and self.is_attached and screen is self.screen:
-            self.call_after_refresh(self._show_in_place)  # queued first: the rebuild then finds nothing to do
-        super().bindings_changed(screen)  # queues the rebuild
+        if screen is not self.screen or not screen.app.app_focus:
+            return  # another screen's, or the terminal lost focus (its bindings come back with it)
+        keys = self.shown_keys()
+        if keys != self.keys:
+            self.keys = keys
+            self.refresh()  # the same line, other text: no layout
 
-    def _show_in_place(self) -> None:
-        """Put what Footer.compose would show into the keys the footer has (hiding those left over)."""
-        keys = self._keys()
-        if not self.children or keys == self._shown:
-            return
-        with self._context():  # compose binds each key to this footer's `compact`
-            wanted = compose(self)  # unmounted keys: what to show, in order
-        have = list(self.children)
-        if len(wanted) > len(have) or any(type(w) is not FooterKey for w in (*wanted, *have)):
-            return  # rebuilt instead (more keys, or a group of keys)
-        for key, new in zip(have, wanted):
-            for name in ("key", "key_display", "description", "action", "_disabled", "tooltip"):
-                setattr(key, name, getattr(new, name))
-            for name in KEY_CLASSES:
-                key.set_class(new.has_class(name), name)
-            key.display = True
-            key.refresh(layout=True)  # its width follows its text
-        for key in have[len(wanted):]:
-            key.display = False
-        self._shown = keys
+    def shown_keys(self) -> tuple[FooterKey, ...]:
+        """What Textual's Footer shows: one key per action among the shown bindings (the first bound),
+        then the command palette's."""
+        active = self.screen.active_bindings
+        palette_key = self.app.COMMAND_PALETTE_BINDING
+        keys: dict[str, FooterKey] = {}
+        for key, (_, binding, enabled, tooltip) in active.items():
+            if binding.show and binding.action not in keys and key != palette_key:
+                keys[binding.action] = FooterKey(key, self.app.get_key_display(binding), binding.description,
+                                                 binding.action, enabled, tooltip)
+        shown = list(keys.values())
+        if self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE and palette_key in active:
+            _, binding, enabled, tooltip = active[palette_key]
+            shown.append(FooterKey(palette_key, self.app.get_key_display(binding), binding.description,
+                                   binding.action, enabled, binding.tooltip or binding.description, palette=True))
+        return tuple(shown)
 
-    async def recompose(self) -> None:
-        keys = self._keys() if self.is_attached else None
-        if keys is not None and keys == self._shown:
+    def render(self) -> Text:
+        width = self.size.width
+        styles = {name: self.get_component_rich_style(f"key-footer--{name}", partial=name == "hover")
+                  for name in ("key", "description", "hover", "edge")}
+
+        def drawn(key: FooterKey) -> Text:
+            text = Text.assemble((key.display, styles["key"]),
+                                 (f" {key.description}" if key.description else "", styles["description"]))
+            if not key.enabled:
+                text.stylize("dim")
+            if key == self.hovered:
+                text.stylize(styles["hover"])
+            return text
+
+        left, right = Text(), Text()
+        spans: list[tuple[int, int, FooterKey]] = []
+        for key in self.keys:
+            if key.palette:
+                right = Text.assemble(("▏", styles["edge"]), drawn(key), " ")  # the edge, the key, a cell to spare
+                spans.append((width - right.cell_len + 1, width - 1, key))
+            else:
+                start = left.cell_len
+                left.append_text(drawn(key))
+                spans.append((start - self.scrolled, left.cell_len - self.scrolled, key))
+                left.append(" ")
+        room = max(0, width - right.cell_len)
+        self.scrolled = max(0, min(self.scrolled, left.cell_len - room))
+        left = left[self.scrolled:]
+        left.truncate(room, pad=True)
+        # a key scrolled out of sight, or beneath the palette's, cannot be clicked
+        self.spans = [(max(0, a), min(b, room if not k.palette else width), k) for a, b, k in spans
+                      if (k.palette or (b > 0 and a < room))]
+        return Text.assemble(left, right, no_wrap=True, end="")
+
+    def key_at(self, x: int) -> FooterKey | None:
+        return next((key for start, end, key in self.spans if start <= x < end), None)
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        self._hover(self.key_at(event.x))
+
+    def on_leave(self, event: events.Leave) -> None:
+        self._hover(None)
+
+    def _hover(self, key: FooterKey | None) -> None:
+        if key != self.hovered:
+            self.hovered = key
+            self.tooltip = (key.tooltip or None) if key else None
+            self.refresh()
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        key = self.key_at(event.x)
+        if key is None:
             return
-        await super().recompose()
-        # each key watches the footer's `compact`; Textual forgets the removed keys' watchers only when
-        # `compact` changes, so without this every rebuild would keep its keys alive for good
-        self.mutate_reactive(Footer.compact)
-        # an empty footer (drawn before the screen's first bindings) is built again next time
-        self._shown = keys if self.children else None
+        if key.enabled:
+            self.app.simulate_key(key.key)
+        else:
+            self.app.bell()
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        self._scroll(4)
+        event.stop()
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self._scroll(-4)
+        event.stop()
+
+    def _scroll(self, cells: int) -> None:
+        self.scrolled = max(0, self.scrolled + cells)  # render keeps it within the keys
+        self.refresh()

@@ -22,6 +22,7 @@ from farense_tui.widgets.chat_log import ChatLog, ChatMessage, CompareRow
 from farense_tui.widgets.event_log import EventLog
 from farense_tui.widgets.gauge import Gauge
 from farense_tui.widgets.help_screen import HelpScreen
+from farense_tui.widgets.key_footer import KeyFooter
 from farense_tui.widgets.metric_plot import MetricPlot
 import pytest
 
@@ -72,11 +73,14 @@ async def test_the_tab_labels_show_their_keys_and_the_footer_fits_80_columns(app
         assert labels == ["F1 Preflight", "F2 Config", "F3 Train", "F4 Monitor", "F5 Chat"]
         shown = {b.key for _, b, enabled, _ in app.screen.active_bindings.values() if b.show}
         assert "ctrl+q" in shown and not {"f1", "f2", "f3", "f4", "f5"} & shown  # in the labels instead
-        for key in ("f1", "f2", "f3", "f4", "f5"):  # the footer's key list never overflows (stray characters)
+        for key in ("f1", "f2", "f3", "f4", "f5"):  # the footer's keys all fit, none beneath the palette's
             await pilot.press(key)
             await pilot.pause()
-            footer = app.screen.query_one("Footer")
-            assert footer.virtual_size.width <= footer.size.width, key
+            footer = app.screen.query_one(KeyFooter)
+            drawn = [k for _, _, k in footer.spans]
+            palette_start = next(start for start, _, k in footer.spans if k.palette)
+            assert drawn == list(footer.keys) and footer.scrolled == 0, key
+            assert max(end for _, end, k in footer.spans if not k.palette) < palette_start - 1, key
 
 
 async def test_help_screen_lists_every_key(app_factory):
