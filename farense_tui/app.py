@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Header, TabbedContent
 from textual.worker import Worker, WorkerState
@@ -33,7 +33,7 @@ from farense_core.rundir import RUNS_FOLDER, RunDir
 from .attach import live_runs
 from .collector import IdleCollector
 from .engine_worker import EngineFactory, EngineLink, start_engine_process
-from .messages import OpenRun, RecommendedConfig, TrainingStarted
+from .messages import OpenRun, RecommendedConfig, TrainingEnded, TrainingStarted
 from .session import Session
 from .tabs.chat import ChatTab
 from .tabs.config import ConfigTab
@@ -95,6 +95,7 @@ class FarenseApp(App):
         self._switch_interval = sys.getswitchinterval()  # given back as the app ends
         self.farewell = ""  # what the app says as it quits
         self._closing = False  # its terminal window closed: leaving
+        self._run_question: ChoiceScreen | None = None  # quitting: what to do with the run that trains
         self.session = Session(self.links, options.checkpoints_dir, options.config_path, options.clock,
                                tab_keys=self.tab_keys())
 
@@ -187,6 +188,11 @@ class FarenseApp(App):
     def chat_tab(self) -> ChatTab:
         return self.query_one(ChatTab)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "show_tab" and isinstance(self.screen, ModalScreen):
+            return False  # a question or the keys' list is open: the tabs beneath it stay as they are
+        return True
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         pane = self.query_one(f"#{tab}")
@@ -225,6 +231,20 @@ class FarenseApp(App):
     def on_open_run(self, message: OpenRun) -> None:
         self.action_show_tab("monitor")
         self.monitor_tab.open(message.path)
+
+    def on_training_ended(self, message: TrainingEnded) -> None:
+        """The quit's question about the run, still open as the run ends (a stop asked for just before, or the
+        run done), has nothing left to ask: the quit goes on, unless the run ended in trouble, whose account
+        the Train tab shows (ctrl+q again quits)."""
+        if self.screen is not self._run_question or self.train_tab.busy:  # not asking, or resumed
+            return
+        if message.status in ("completed", "early_stopped", "stopped"):
+            self._run_question.dismiss("stop")
+        else:
+            self._run_question.dismiss(None)
+            self.action_show_tab("train")
+            self.notify(f"The run ended ({message.status}) before you answered; the {self.session.tab('train')} "
+                        f"says why. ctrl+q quits.", severity="warning", timeout=30)
 
     def on_training_started(self, message: TrainingStarted) -> None:
         self.monitor_tab.follow(message.history)
@@ -314,12 +334,12 @@ class FarenseApp(App):
 
     async def _ask_about_training(self) -> None:
         if self.train_tab.busy:
-            self.push_screen(ChoiceScreen(
+            self._run_question = ChoiceScreen(
                 "A run is training.",
                 f"{self.train_tab.run_dir or 'The run'}\nStop it with a checkpoint (it can be resumed later), or keep "
                 f"it training in the background: start farense-tui again to follow it.",
-                [Choice("s", "Stop", "stop", "error"), Choice("b", "Background", "background", "primary")]),
-                self._quit_chosen)
+                [Choice("s", "Stop", "stop", "error"), Choice("b", "Background", "background", "primary")])
+            self.push_screen(self._run_question, self._quit_chosen)
             return
         await self._quit()
 

@@ -84,6 +84,15 @@ class OpenRun(Message):
         self.path = path
 
 
+class TrainingEnded(Message):
+    """The run that trained ended (done, stopped, failed, or its engine gone): nothing trains now. ``status``
+    is the run's (protocol.Done's), or "exited" when its engine ended without one."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__()
+        self.status = status
+
+
 class TrainingStarted(Message):
     """A run started or resumed; the Monitor follows its live history."""
 

@@ -25,7 +25,7 @@ from farense_core.rundir import RunDir, checkpoint_update, lock_holder
 from ..attach import AttachedEngine, NotAttachable
 from ..widgets.choice_screen import Choice, ChoiceScreen
 from ..widgets.name_screen import NameScreen
-from ..messages import EngineEvent, EngineExited, OpenRun, TrainingProgress, TrainingStarted
+from ..messages import EngineEvent, EngineExited, OpenRun, TrainingEnded, TrainingProgress, TrainingStarted
 from farense_core.format import duration
 from ..runs import RunError, RunHistory, RunInfo, format_loss, list_runs, new_run_dir, run_config
 from ..widgets.event_log import EventLog
@@ -401,6 +401,7 @@ class TrainTab(TabPane):
             self.refresh_runs()  # its row follows the run (each refresh reads every run's events)
         elif isinstance(event, P.Done):
             self.busy = False
+            self.post_message(TrainingEnded(event.status))
             self._set_state(f"{event.status}")
             self._if_never_started()
             self.refresh_runs()
@@ -413,6 +414,8 @@ class TrainTab(TabPane):
 
     def on_engine_exited(self, message: EngineExited) -> None:
         was_busy, self.busy = self.busy, False
+        if was_busy:
+            self.post_message(TrainingEnded("exited"))
         self.refresh_runs()
         if not message.crashed:
             if was_busy:
