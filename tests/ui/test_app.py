@@ -413,6 +413,28 @@ async def test_an_engine_that_dies_shows_its_stderr_and_the_app_goes_on(app_fact
         assert not error.has_class("-visible")
 
 
+async def test_the_event_log_keeps_what_comes_while_another_tab_shows_until_its_own_shows(app_factory):
+    factory = FakeFactory(delay=0.05)
+    app = app_factory(factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_training(app, pilot, factory)
+        await wait_for(pilot, lambda: app.train_tab.state == "training", "training")
+        await pilot.press("f2")
+        await pilot.pause()
+        log = app.query_one(EventLog)
+        lines = len(log.lines)
+        asked = []  # the layouts the log asks for (each one of the whole screen)
+        refresh = log.refresh
+        log.refresh = lambda *a, layout=False, **k: (asked.append(layout), refresh(*a, layout=layout, **k))[1]
+        await wait_for(pilot, lambda: app.train_tab.state == "completed", "the run to complete")
+        waiting = [content.plain for content, _, _ in log.waiting]
+        assert len(log.lines) == lines and waiting and not any(asked)
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: not log.waiting and len(log.lines) >= lines + len(waiting), "the lines shown")
+        squeezed = lambda text: re.sub(r"\s+", "", text)  # where the log wraps a line depends on its width
+        assert squeezed(log_text(app)).endswith(squeezed("".join(waiting)))
+
+
 async def test_garbage_from_the_engine_shows_as_an_error(app_factory):
     factory = crash_first(garbage_after=8)
     app = app_factory(factory)
