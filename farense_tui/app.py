@@ -161,6 +161,8 @@ class FarenseApp(App):
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, self.INPUT):
             self.collector.input_seen()
+            if isinstance(self.screen, AppScreen):
+                self.screen.draw_input()
             held = self.collector.hold()
             if held is not None:  # until the screen has drawn what the input changed, and written it out
                 self.call_after_refresh(self.set_timer, WRITE_SECONDS, partial(self.collector.release, held))

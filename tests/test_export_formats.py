@@ -138,7 +138,6 @@ def test_the_self_check_keeps_a_faithful_export_and_refuses_one_that_lost_the_an
     # the probe's answers run longer than the adapter's, so only some score as right: those are what it "knows"
     assert check["questions"] == 8 and check["same_answer"] == 8 and check["adapter_right"] >= 3
     assert check["export_right"] == check["adapter_right"] and not check["lost"]
-    knows = check["adapter_right"]
     assert json.loads((out / "export_check.json").read_text()) == check
 
     # an export whose answers lost facts base + adapter got right (mlx-lm #1172: a small adapter fused into a

@@ -10,16 +10,23 @@ from ..runs import format_loss
 
 
 class LossSparkline(Horizontal):
-    """``show(losses)`` draws the latest losses (as many as fit) and labels min, last and max."""
+    """``show(losses)`` draws the latest losses (two per cell of the room the range's label leaves) and labels
+    min, last and max. How many fit follows this widget's own width, drawn again as it changes, never the
+    sparkline's width of the moment (that follows the label's, and the screen's layout, still to come)."""
 
-    DEFAULT_CSS = """
-    LossSparkline { height: 1; }
-    LossSparkline > .title { width: 14; color: $text-muted; }
-    LossSparkline > Sparkline { width: 1fr; height: 1; }
-    LossSparkline > .range { width: auto; padding-left: 1; color: $text-muted; }
-    LossSparkline > Sparkline > .sparkline--max-color { color: $error; }
-    LossSparkline > Sparkline > .sparkline--min-color { color: $success; }
+    TITLE_WIDTH = 14
+    DEFAULT_CSS = f"""
+    LossSparkline {{ height: 1; }}
+    LossSparkline > .title {{ width: {TITLE_WIDTH}; color: $text-muted; }}
+    LossSparkline > Sparkline {{ width: 1fr; height: 1; }}
+    LossSparkline > .range {{ width: auto; padding-left: 1; color: $text-muted; }}
+    LossSparkline > Sparkline > .sparkline--max-color {{ color: $error; }}
+    LossSparkline > Sparkline > .sparkline--min-color {{ color: $success; }}
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.losses: list[float] = []
 
     def compose(self) -> ComposeResult:
         yield Label("loss", classes="title")
@@ -27,11 +34,22 @@ class LossSparkline(Horizontal):
         yield Label("waiting for the first update", classes="range")
 
     def show(self, losses: list[float]) -> None:
-        spark = self.query_one(Sparkline)
-        recent = losses[-max(1, 2 * (spark.size.width or 40)):]
-        spark.data = recent
-        text = (
-            f"min {format_loss(min(recent))}  last {format_loss(recent[-1])}  max {format_loss(max(recent))}"
-            if recent else "waiting for the first update"
-        )
-        self.query_one(".range", Label).update(text)
+        self.losses = losses
+        recent = self.recent()
+        self.query_one(Sparkline).data = recent
+        self.query_one(".range", Label).update(range_text(recent))
+
+    def recent(self) -> list[float]:
+        width = self.size.width or 80  # not laid out yet: drawn again once it is
+        room = width - self.TITLE_WIDTH - 1 - len(range_text(self.losses[-2 * width:]))
+        return self.losses[-max(1, 2 * room):]
+
+    def on_resize(self) -> None:
+        if self.losses:
+            self.show(self.losses)
+
+
+def range_text(losses: list[float]) -> str:
+    if not losses:
+        return "waiting for the first update"
+    return f"min {format_loss(min(losses))}  last {format_loss(losses[-1])}  max {format_loss(max(losses))}"

@@ -2,7 +2,8 @@
 Config tab's list does not restyle its fields as it gains or loses focus, the footer's new keys repaint its
 one line (no layout of the screen), the Monitor draws only while it shows, the app keeps its long-lived
 objects out of the garbage collector's full passes and runs those passes when no key waits and none at all
-between a key and its frame, and the tabs' underline moves at once instead of sliding."""
+between a key and its frame, a key's frame is drawn without waiting for Textual's update timer, and the tabs'
+underline moves at once instead of sliding."""
 
 from __future__ import annotations
 
@@ -150,6 +151,20 @@ async def test_no_garbage_pass_runs_between_a_key_and_its_frame(app_factory):
         await pilot.press("f3")
         await wait_for(pilot, lambda: len(seen) >= 2 and gc.isenabled(), "the key's frame, and the passes let go")
         assert seen[:2] == [("action", False), ("frame", False)]
+
+
+async def test_a_key_s_frame_does_not_wait_for_the_update_timer(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await pilot.pause()
+        timer, frames, resumed = app.screen._update_timer, [], []  # frames drawn when the timer was resumed
+        resume, display = timer.resume, app._display
+        timer.resume = lambda: (resumed.append(len(frames)), resume())[1]
+        app._display = lambda screen, update: (frames.append(update), display(screen, update))[1]
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: frames, "the key's frame")
+        assert all(n >= 1 for n in resumed)  # the first frame came before the timer was asked for one
 
 
 async def test_a_tab_switch_moves_the_underline_at_once(app_factory, monkeypatch):
