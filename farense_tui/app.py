@@ -241,9 +241,9 @@ class FarenseApp(App):
         if self.screen is not self._run_question or self.train_tab.busy:  # not asking, or resumed
             return
         if message.status in ("completed", "early_stopped", "stopped"):
-            self._run_question.dismiss("stop")
+            self._run_question.answer("stop")
         else:
-            self._run_question.dismiss(None)
+            self._run_question.answer(None)
             self.action_show_tab("train")
             self.notify(f"The run ended ({message.status}) before you answered; the {self.session.tab('train')} "
                         f"says why. ctrl+q quits.", severity="warning", timeout=30)
@@ -346,6 +346,7 @@ class FarenseApp(App):
         await self._quit()
 
     async def _quit_chosen(self, choice: Optional[str]) -> None:
+        self._run_question = None
         if choice == "background":
             run_dir = self.train_tab.run_dir
             if self.train_tab.detach():
@@ -372,10 +373,12 @@ class FarenseApp(App):
 
     async def on_unmount(self) -> None:
         # however the app ends, its engine readers must end too (their threads would hold up the exit)
-        await self._close_engines()
-        self.collector.stop()
-        sys.setswitchinterval(self._switch_interval)
-        gc.unfreeze()  # what the app held can be collected again (tests run many apps in one process)
+        try:
+            await self._close_engines()
+        finally:
+            self.collector.stop()
+            sys.setswitchinterval(self._switch_interval)
+            gc.unfreeze()  # what the app held can be collected again (tests run many apps in one process)
 
     async def _close_engines(self) -> None:
         running = [link for link in self.links.values() if link.running]

@@ -7,7 +7,7 @@ slowest switches). Here the full passes wait for the app to be idle: no key or c
 have passed (a person typing without pause must not let garbage pile up). The young passes (under 3 ms
 each, but some 25 of them in a tab switch's 30 ms) wait from a key or click until its frame is drawn and
 written out (``hold``, ``release``: the first pass after them holds the interpreter for 3-10 ms, which the
-thread writing the frame would wait for), at most ``HOLD_SECONDS``.
+thread writing the frame would wait for), at most ``HOLD_SECONDS`` and the next tick after them.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ trains, before a config file is overwritten, before unsaved settings are lost.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from textual import on
 from textual.app import ComposeResult
@@ -54,8 +55,14 @@ class ChoiceScreen(ModalScreen[str]):
                     yield Button(f"{choice.label} ({key})", id=f"choice-{choice.answer}", variant=choice.variant)
 
     def action_choose(self, answer: str) -> None:
-        self.dismiss(answer)
+        self.answer(answer)
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id.removeprefix("choice-"))
+        self.answer(event.button.id.removeprefix("choice-"))
+
+    def answer(self, answer: Optional[str]) -> None:
+        """Dismiss with this answer, once (the app answers for the user when the question is moot; a click
+        already queued must not dismiss the screen beneath)."""
+        if self.is_current:
+            self.dismiss(answer)

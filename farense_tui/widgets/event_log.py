@@ -38,10 +38,11 @@ class EventLog(RichLog):
         self.write(Text(message, style="bold red"))
 
     def write(self, content, *args, **kwargs) -> EventLog:
-        if self.shown():
-            return super().write(content, *args, **kwargs)
-        self.waiting.append((content, args, kwargs))
-        return self
+        if not self.shown():
+            self.waiting.append((content, args, kwargs))
+            return self
+        self.on_show()  # lines that waited go first (shown again before its Show event came)
+        return super().write(content, *args, **kwargs)
 
     def shown(self) -> bool:
         """Whether the log and every container around it is displayed (a tab's pane is not while another

@@ -107,7 +107,7 @@ class KeyFooter(Widget):
             return text
 
         left, right = Text(), Text()
-        spans: list[tuple[int, int, FooterKey]] = []
+        spans: list[tuple[int, int, FooterKey]] = []  # in the cells of all the left-hand keys, then the line's
         for key in self.keys:
             if key.palette:
                 right = Text.assemble(("▏", styles["edge"]), drawn(key), " ")  # the edge, the key, a cell to spare
@@ -115,11 +115,12 @@ class KeyFooter(Widget):
             else:
                 start = left.cell_len
                 left.append_text(drawn(key))
-                spans.append((start - self.scrolled, left.cell_len - self.scrolled, key))
+                spans.append((start, left.cell_len, key))
                 left.append(" ")
         room = max(0, width - right.cell_len)
         self.scrolled = max(0, min(self.scrolled, left.cell_len - room))
-        left = left[self.scrolled:]
+        spans = [(a, b, k) if k.palette else (a - self.scrolled, b - self.scrolled, k) for a, b, k in spans]
+        left = left[self.scrolled:]  # by characters, as the cells are counted: keys are ASCII
         left.truncate(room, pad=True)
         # a key scrolled out of sight, or beneath the palette's, cannot be clicked
         self.spans = [(max(0, a), min(b, room if not k.palette else width), k) for a, b, k in spans

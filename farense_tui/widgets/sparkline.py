@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, Sparkline
@@ -27,6 +28,7 @@ class LossSparkline(Horizontal):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.losses: list[float] = []
+        self.drawn_width = 0
 
     def compose(self) -> ComposeResult:
         yield Label("loss", classes="title")
@@ -34,7 +36,7 @@ class LossSparkline(Horizontal):
         yield Label("waiting for the first update", classes="range")
 
     def show(self, losses: list[float]) -> None:
-        self.losses = losses
+        self.losses, self.drawn_width = losses, self.size.width
         recent = self.recent()
         self.query_one(Sparkline).data = recent
         self.query_one(".range", Label).update(range_text(recent))
@@ -44,8 +46,10 @@ class LossSparkline(Horizontal):
         room = width - self.TITLE_WIDTH - 1 - len(range_text(self.losses[-2 * width:]))
         return self.losses[-max(1, 2 * room):]
 
-    def on_resize(self) -> None:
-        if self.losses:
+    def on_resize(self, event: events.Resize) -> None:
+        # Textual sends Resize as a widget shows again too; the same width draws the same losses (and the
+        # label's update would lay out the whole screen for nothing)
+        if self.losses and event.size.width != self.drawn_width:
             self.show(self.losses)
 
 

@@ -917,26 +917,27 @@ async def test_quit_while_training_asks_and_stop_says_what_it_waits_for(app_fact
 
 
 async def test_a_run_that_ends_while_the_quit_question_is_open_lets_the_app_quit(app_factory):
-    factory = FakeFactory(delay=0.05)
+    factory = FakeFactory(delay=0.05)  # some 5 s of training
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
         engine = await start_training(app, pilot, factory)
         await wait_for(pilot, lambda: app.train_tab.state == "training", "training")
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
-        await wait_for(pilot, lambda: not app.is_running, "the app to quit once the run, left alone, completed")
+        await wait_for(pilot, lambda: not app.is_running, "the app to quit once the run, left alone, completed",
+                       timeout=60)
         assert not engine.sent_of(P.Stop) and app.train_tab.state == "completed"
 
 
 async def test_a_run_that_dies_while_the_quit_question_is_open_keeps_the_app_open_on_its_report(app_factory):
-    factory = crash_first(crash_after=20, delay=0.05)
+    factory = crash_first(crash_after=20, delay=0.25)  # dies some 5 s in: time enough to ask
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
         await start_training(app, pilot, factory)
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
         error = app.query_one("#train-error", Static)
-        await wait_for(pilot, lambda: error.has_class("-visible"), "the crash report")
+        await wait_for(pilot, lambda: error.has_class("-visible"), "the crash report", timeout=60)
         await wait_for(pilot, lambda: not hasattr(app.screen, "title_text"), "the question gone")
         await pilot.pause(0.2)
         assert app.is_running and app.query_one(TabbedContent).active == "train"
@@ -945,7 +946,7 @@ async def test_a_run_that_dies_while_the_quit_question_is_open_keeps_the_app_ope
 
 
 async def test_function_keys_leave_the_tabs_beneath_a_question_alone(app_factory):
-    factory = FakeFactory(delay=0.05)
+    factory = FakeFactory(delay=0.25)  # some 25 s of training: the question stays while the keys come
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
         await start_training(app, pilot, factory)

@@ -3,6 +3,7 @@ shows and does, drawn as text."""
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
@@ -67,3 +68,16 @@ async def test_the_key_under_the_pointer_is_lit_and_gives_its_tooltip():
         assert footer.render().spans != plain
         await pilot.hover(KeyFooter, offset=(8, 0))
         assert footer.hovered.description == "Drop" and footer.tooltip is None
+
+
+async def test_after_a_wheel_turn_a_click_still_presses_the_key_under_it():
+    app = Keys()
+    async with app.run_test(size=(60, 5)) as pilot:
+        await pilot.pause()
+        footer = app.query_one(KeyFooter)
+        footer.post_message(events.MouseScrollDown(footer, 5, 0, 0, 1, 0, False, False, False))
+        await pilot.pause()  # all the keys fit: nothing scrolls, the keys stay where they were drawn
+        assert footer.scrolled == 0 and footer.key_at(2).description == "Add"
+        await pilot.click(KeyFooter, offset=(2, 0))
+        await pilot.pause()
+        assert app.added == 1
