@@ -1,6 +1,6 @@
 """What a user waits for in the app: the first frame, and the first token of the first reply.
 
-    python bench/bench_ui.py [--repeats 5] [--keys 40 [--keys-only]]
+    python bench/bench_ui.py [--repeats 5] [--keys 40 [--keys-only]] [--code DIR]
 
 - First frame: ``farense-tui`` started in a 120x40 tmux session, timed until the Preflight tab is on the
   screen (the screen is read every 10 ms); then again while a spinning process per core keeps them busy.
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 APP = Path(sys.executable).parent / "farense-tui"
+CODE_ENV: list[str] = []  # --code: the app (and its engines) run another checkout's code
 
 
 def spin(stop) -> None:
@@ -98,7 +99,7 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
     name = f"bench-keys-{os.getpid()}"
     runs = Path(tempfile.mkdtemp(prefix="bench-ui-runs-"))
     subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", str(ROOT),
-                    "-e", "COLUMNS=120", "-e", "LINES=40", str(APP), "--config", "configs/farense.yaml",
+                    "-e", "COLUMNS=120", "-e", "LINES=40", *CODE_ENV, str(APP), "--config", "configs/farense.yaml",
                     "--checkpoints", str(runs)], check=True)
     try:
         wait_for_text(name, "Run preflight (r)")
@@ -150,7 +151,7 @@ def first_frame(busy: bool) -> float:
     try:
         tic = time.perf_counter()
         subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", str(ROOT),
-                        "-e", "COLUMNS=120", "-e", "LINES=40", str(APP), "--config", "configs/farense.yaml"],
+                        "-e", "COLUMNS=120", "-e", "LINES=40", *CODE_ENV, str(APP), "--config", "configs/farense.yaml"],
                        check=True)
         while True:
             screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True,
@@ -208,7 +209,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--keys", type=int, default=0, help="also time this many tab switches while training")
     ap.add_argument("--keys-only", action="store_true", help="with --keys: only the tab switches")
+    ap.add_argument("--code", help="run the app from this checkout of the project (say, a worktree of the commit "
+                    "before), put first on its PYTHONPATH: runs with and without it, alternating, compare the two")
     args = ap.parse_args()
+    if args.code:
+        CODE_ENV[:] = ["-e", f"PYTHONPATH={Path(args.code).resolve()}"]
     if args.keys:
         latencies, share = keys_while_training(args.keys)
         print(f"key to screen while training ({len(latencies)} F2/F3 switches, keys and looks every 2 ms through a "

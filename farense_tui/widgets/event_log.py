@@ -41,7 +41,8 @@ class EventLog(RichLog):
         if not self.shown():
             self.waiting.append((content, args, kwargs))
             return self
-        self.on_show()  # lines that waited go first (shown again before its Show event came)
+        if self.waiting:  # they go first (shown again before its Show event came)
+            self.on_show()
         return super().write(content, *args, **kwargs)
 
     def shown(self) -> bool:

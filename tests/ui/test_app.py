@@ -44,6 +44,12 @@ async def start_training(app, pilot, factory) -> FakeEngine:
     return factory.last("train")
 
 
+async def ask_to_quit(pilot) -> None:
+    """ctrl+q while a run trains, until the app asks what to do with the run."""
+    await pilot.press("ctrl+q")
+    await wait_for(pilot, lambda: getattr(pilot.app.screen, "title_text", "") == "A run is training.", "the question")
+
+
 # ---------------------------------------------------------------- keys
 
 
@@ -903,13 +909,11 @@ async def test_quit_while_training_asks_and_stop_says_what_it_waits_for(app_fact
     async with app.run_test(size=SIZE) as pilot:
         engine = await start_training(app, pilot, factory)
         await wait_for(pilot, lambda: app.train_tab.state == "training", "training")
-        await pilot.press("ctrl+q")
-        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await ask_to_quit(pilot)
         await pilot.press("escape")  # cancel: nothing happens
         await pilot.pause()
         assert app.is_running and app.train_tab.busy and not engine.sent_of(P.Stop)
-        await pilot.press("ctrl+q")
-        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await ask_to_quit(pilot)
         await pilot.press("s")
         said = "saving a checkpoint; the app quits once the run has stopped"
         await wait_for(pilot, lambda: engine.sent_of(P.Stop) and said in text_of(app, "#train-state"), "the stop")
@@ -922,8 +926,7 @@ async def test_a_run_that_ends_while_the_quit_question_is_open_lets_the_app_quit
     async with app.run_test(size=SIZE) as pilot:
         engine = await start_training(app, pilot, factory)
         await wait_for(pilot, lambda: app.train_tab.state == "training", "training")
-        await pilot.press("ctrl+q")
-        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await ask_to_quit(pilot)
         await wait_for(pilot, lambda: not app.is_running, "the app to quit once the run, left alone, completed",
                        timeout=60)
         assert not engine.sent_of(P.Stop) and app.train_tab.state == "completed"
@@ -934,8 +937,7 @@ async def test_a_run_that_dies_while_the_quit_question_is_open_keeps_the_app_ope
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
         await start_training(app, pilot, factory)
-        await pilot.press("ctrl+q")
-        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await ask_to_quit(pilot)
         error = app.query_one("#train-error", Static)
         await wait_for(pilot, lambda: error.has_class("-visible"), "the crash report", timeout=60)
         await wait_for(pilot, lambda: not hasattr(app.screen, "title_text"), "the question gone")
@@ -950,8 +952,7 @@ async def test_function_keys_leave_the_tabs_beneath_a_question_alone(app_factory
     app = app_factory(factory)
     async with app.run_test(size=SIZE) as pilot:
         await start_training(app, pilot, factory)
-        await pilot.press("ctrl+q")
-        await wait_for(pilot, lambda: getattr(app.screen, "title_text", "") == "A run is training.", "the question")
+        await ask_to_quit(pilot)
         tabs = app.query_one(TabbedContent)
         await pilot.press("f2", "f4")
         assert tabs.active == "train" and getattr(app.screen, "title_text", "") == "A run is training."
