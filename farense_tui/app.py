@@ -196,7 +196,8 @@ class FarenseApp(App):
         return True
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(AppTabs)
+        tabs.active = tab
         pane = self.query_one(f"#{tab}")
         # focus the tab's main control (or its first), so typing and its keys work at once; the first is
         # walked to, not queried (a query matches all of a tab's widgets first, some 400 in the Config tab)
@@ -204,7 +205,8 @@ class FarenseApp(App):
         candidates = pane.query(main) if main else pane.walk_children(Widget)
         first = next((w for w in candidates if w.focusable), None)
         if first is not None:
-            first.focus()
+            first.focus()  # the app's next message; the screen's frame takes its keys (AppScreen._on_idle)
+        tabs.underline_active()
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:

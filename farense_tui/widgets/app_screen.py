@@ -1,8 +1,11 @@
 """The app's screen and its tabs: Textual's, less work of theirs that a tab switch does not need (issue 13:
-a full arrangement and two full repaints per switch, some 15 ms of its frame), and no wait for the update
-timer's next tick once a key's changes are in."""
+a full arrangement and two full repaints per switch, some 15 ms of its frame; a second arrangement and a
+second frame after it, for the footer's keys and the tabs' underline), and no wait for the update timer's
+next tick once a key's changes are in."""
 
 from __future__ import annotations
+
+import asyncio
 
 from textual import events
 from textual._compositor import Compositor, ReflowResult
@@ -10,7 +13,9 @@ from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import TabbedContent
+from textual.widgets import TabbedContent, TabPane
+from textual.widgets._tabbed_content import ContentTabs
+from textual.widgets._tabs import Underline
 
 
 class _Compositor(Compositor):
@@ -23,6 +28,24 @@ class _Compositor(Compositor):
         self._full_map_invalidated = False  # the map reflow just made is the full map
         return result
 
+    def update_widgets(self, widgets: set[Widget]) -> None:
+        """Textual arranges every widget again when one it repaints is not in the map, taking it for new.
+        A widget of a hidden tab (the button that loses focus as the tab hides) is in no map and needs no
+        arranging: it is drawn when its tab shows, and that is a layout anyway. Such repaints cost a
+        second full arrangement after each tab switch (some 4 ms)."""
+        shown = self.visible_widgets.keys()
+        super().update_widgets({w for w in widgets if w in shown or not undisplayed(w)})
+
+
+def undisplayed(widget: Widget) -> bool:
+    """Whether the widget or one of its ancestors is ``display: none`` (a tab that is not the active one)."""
+    node = widget
+    while isinstance(node, Widget):
+        if not node.display:
+            return True
+        node = node.parent
+    return False
+
 
 class AppScreen(Screen):
     # Textual repaints the whole screen when focus moves (a second full frame per tab switch), though the
@@ -33,6 +56,7 @@ class AppScreen(Screen):
         super().__init__(*args, **kwargs)
         self._compositor = _Compositor()
         self.input_waits = False
+        self.input_settled = False  # the widgets' tasks have had their turn since the input came
 
     def draw_input(self) -> None:
         """A key or click came: what it changes is drawn as soon as the screen has had its messages, not at
@@ -40,12 +64,23 @@ class AppScreen(Screen):
         progress line's repaint, say) puts the next one 17-33 ms later: some switches waited that long
         with nothing to do."""
         self.input_waits = True
+        self.input_settled = False
 
     async def _on_idle(self, event: events.Idle) -> None:
         pending = self._layout_required or self._repaint_required or self._dirty_widgets or self._scroll_required
         if self.input_waits and pending and self.is_current and not self.app._batch_count:
-            self.input_waits = False
             event.prevent_default()  # Textual's own idle handler would wait for the timer
+            if not self.input_settled:
+                # Textual tells the footer of a new focus only after the next frame, and the widgets the
+                # key repainted (the tabs' underline, the button that lost focus) tell the screen so from
+                # their own tasks, which run once the screen lets them: the tab showed with the last
+                # tab's keys, and a second frame followed 10-20 ms later (some 8 ms of CPU)
+                self.input_settled = True
+                self.refresh_bindings()
+                await asyncio.sleep(0)
+                self.check_idle()  # back here once their messages are in
+                return
+            self.input_waits = self.input_settled = False
             self._on_timer_update()  # the timer's work: layout, frame, then the callbacks after a refresh
 
 
@@ -53,3 +88,28 @@ class AppTabs(TabbedContent):
     # Textual repaints the whole tabbed area when the active tab changes, though it draws nothing by it:
     # the tabs and panes that show or hide repaint themselves
     active: Reactive[str] = Reactive("", init=False, repaint=False)
+
+    def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
+        """Textual shows the tab of a widget focused from code when this message comes, even where focus
+        has moved to another tab since: a key pressed as the app starts (F2 before the first tab's
+        focus was reported) showed the first tab again for a frame, which took the focus the key gave."""
+        focused = self.screen.focused
+        if focused is None or event.tab_pane not in focused.ancestors_with_self:
+            event.stop()
+            event.prevent_default()  # the later focus, and its tab, stand
+
+    def underline_active(self) -> None:
+        """Move the underline beneath the active tab now, in the switch's own frame: Textual moves it once
+        that frame is drawn (the tabs' places are known only after a layout), which is a second frame per
+        switch. The tabs' labels keep their places as the active one changes, so the last layout's places
+        hold; Textual's own move after the frame then finds the underline where it goes and draws nothing.
+        Left to Textual where animations are on (the underline slides from the frame after)."""
+        if self.app.animation_level != "none":
+            return
+        tabs = self.get_child_by_type(ContentTabs)
+        active = tabs.active_tab
+        if active is None or not active.region:
+            return
+        start, end = active.virtual_region.shrink(active.styles.gutter).column_span
+        underline = tabs.query_one(Underline)
+        underline.highlight_start, underline.highlight_end = start, end

@@ -10,7 +10,7 @@ import yaml
 from fake_engine import FakeEngine, FakeFactory, recorded
 from rich.text import Text
 from ui_helpers import SIZE, wait_for
-from textual.widgets import Checkbox, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent
+from textual.widgets import Checkbox, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent, TabPane
 
 from farense_core import protocol as P
 from farense_tui.engine_client import EngineProcess
@@ -67,6 +67,24 @@ async def test_function_keys_switch_tabs_even_from_an_input(app_factory):
         await pilot.press("h", "i", "f3")
         assert tabs.active == "train"
         assert prompt.value == "hi"  # the function key did not type into the input
+
+
+async def test_a_key_s_tab_and_focus_stand_against_an_older_report_of_focus(app_factory):
+    """A widget focused from code shows its tab (Textual's), but a report of it that comes after a key has
+    moved on (F2 as the app starts, before the first tab reported its button's focus) changes nothing."""
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        tabs = app.query_one(TabbedContent)
+        await pilot.press("f2")
+        await pilot.pause()
+        focused = app.screen.focused
+        assert tabs.active == "config" and focused is not None
+        tabs.post_message(TabPane.Focused(app.query_one("#preflight", TabPane)))  # the older report
+        await pilot.pause(0.1)
+        assert tabs.active == "config" and app.screen.focused is focused
+        app.query_one("#run").focus()  # a widget of another tab, focused from code, brings its tab
+        await pilot.pause(0.1)
+        assert tabs.active == "preflight"
 
 
 async def test_the_tab_labels_show_their_keys_and_the_footer_fits_80_columns(app_factory):

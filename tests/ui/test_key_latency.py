@@ -2,8 +2,9 @@
 Config tab's list does not restyle its fields as it gains or loses focus, the footer's new keys repaint its
 one line (no layout of the screen), the Monitor draws only while it shows, the app keeps its long-lived
 objects out of the garbage collector's full passes and runs those passes when no key waits and none at all
-between a key and its frame, a key's frame is drawn without waiting for Textual's update timer, and the tabs'
-underline moves at once instead of sliding."""
+between a key and its frame, a key's frame is drawn without waiting for Textual's update timer and holds the
+tab's keys in the footer and the underline beneath it (no second frame for them), a repaint in a hidden tab
+arranges nothing, and the tabs' underline moves at once instead of sliding."""
 
 from __future__ import annotations
 
@@ -165,6 +166,50 @@ async def test_a_key_s_frame_does_not_wait_for_the_update_timer(app_factory):
         await pilot.press("f3")
         await wait_for(pilot, lambda: frames, "the key's frame")
         assert all(n >= 1 for n in resumed)  # the first frame came before the timer was asked for one
+
+
+@pytest.mark.parametrize("key, tab, footer_key", [("f2", "config", "Load YAML"), ("f3", "train", "Start")])
+async def test_a_tab_switch_s_first_frame_has_the_tab_s_keys_and_underline(app_factory, key, tab, footer_key):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        other = "f3" if key == "f2" else "f2"
+        await pilot.press(key, other)  # each tab seen once (the Config tab's first sight builds its fields)
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+        await pilot.pause(0.3)
+        screen, footer, underline = app.screen, app.query_one(KeyFooter), app.query_one(Underline)
+        frames = []  # per frame: the widgets it repainted, the footer's keys, the underline's place
+        refresh = screen._compositor_refresh
+
+        def drawing():
+            frames.append(({type(w).__name__ for w in screen._dirty_widgets}, described(footer),
+                           (underline.highlight_start, underline.highlight_end)))
+            return refresh()
+
+        screen._compositor_refresh = drawing
+        await pilot.press(key)
+        await pilot.pause(0.3)  # the frames a switch makes come within a few milliseconds
+        label = app.query_one(f"#--content-tab-{tab}")
+        span = label.virtual_region.shrink(label.styles.gutter).column_span
+        _, keys, place = frames[0]
+        assert footer_key in keys and place == span  # Textual drew both one frame later
+        assert not any({"KeyFooter", "Underline"} & repainted for repainted, _, _ in frames[1:])
+        if tab == "config":
+            assert len(frames) == 1
+
+
+async def test_a_repaint_in_a_hidden_tab_arranges_nothing(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3", "f2")
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+        await pilot.pause(0.3)
+        compositor = app.screen._compositor
+        arranged, arrange = [], compositor._arrange_root
+        compositor._arrange_root = lambda *a, **k: (arranged.append(1), arrange(*a, **k))[1]
+        app.query_one("#start").refresh()  # the Train tab's, hidden behind the Config tab
+        app.query_one("#settings").refresh()  # and one on screen, so a frame is drawn
+        await pilot.pause(0.3)
+        assert arranged == []  # Textual took the hidden button for a new widget and arranged them all
 
 
 async def test_a_tab_switch_moves_the_underline_at_once(app_factory, monkeypatch):
