@@ -9,8 +9,9 @@
   the first token on screen.
 - With ``--keys N``, first: key to screen while the app trains the Farense config at full speed. N
   switches between the Config and Train tabs (F2/F3), each timed from the key given to tmux until the new
-  tab's text is in the pane, read every 2 ms; keys and looks go through one tmux control-mode client.
-  And the UI process's share of a core meanwhile.
+  tab's text is in the pane, and until the footer shows that tab's keys as well (the whole screen as the
+  switch leaves it), read every 2 ms; keys and looks go through one tmux control-mode client. And the UI
+  process's share of a core meanwhile.
 """
 
 from __future__ import annotations
@@ -91,9 +92,14 @@ class ControlClient:
         self.proc.wait(5)
 
 
-def keys_while_training(samples: int) -> tuple[list[float], float]:
-    """Key-to-screen latency (F2/F3 switching tabs, until the new tab's text is on the terminal) while the
-    app trains the default Farense config at full speed, and the UI process's share of a core meanwhile."""
+# key, a text of the tab it shows, the start of that tab's keys in the footer
+SWITCHES = (("F2", "Effective batch size", "^o Load YAML"), ("F3", "Runs in the checkpoints folder", "s Start p Pause"))
+
+
+def keys_while_training(samples: int) -> tuple[list[float], list[float], float]:
+    """Key-to-screen latency (F2/F3 switching tabs) while the app trains the default Farense config at full
+    speed: until the new tab's text is on the terminal, and until the footer shows that tab's keys too
+    (the screen complete); and the UI process's share of a core meanwhile."""
     import psutil
 
     name = f"bench-keys-{os.getpid()}"
@@ -112,19 +118,21 @@ def keys_while_training(samples: int) -> tuple[list[float], float]:
         ui = psutil.Process(pane_pid)
         look = ControlClient(name)
         cpu0, wall0 = sum(ui.cpu_times()[:2]), time.perf_counter()
-        latencies = []
+        latencies, complete = [], []
         for i in range(samples):
-            key, marker = ("F2", "Effective batch size") if i % 2 == 0 else ("F3", "Runs in the checkpoints folder")
+            key, marker, keys = SWITCHES[i % 2]
             tic = time.perf_counter()
             look.send(key)
             wait_for_text(name, marker, poll=0.002, look=look)
             latencies.append(time.perf_counter() - tic)
+            wait_for_text(name, keys, poll=0.002, look=look)
+            complete.append(time.perf_counter() - tic)
             time.sleep(0.2)
         share = (sum(ui.cpu_times()[:2]) - cpu0) / (time.perf_counter() - wall0)
         look.close()
         subprocess.run(["tmux", "send-keys", "-t", name, "x"])
         wait_for_text(name, "engine: stopped", timeout=120)
-        return latencies, share
+        return latencies, complete, share
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
         shutil.rmtree(runs, ignore_errors=True)
@@ -215,11 +223,13 @@ def main() -> int:
     if args.code:
         CODE_ENV[:] = ["-e", f"PYTHONPATH={Path(args.code).resolve()}"]
     if args.keys:
-        latencies, share = keys_while_training(args.keys)
+        latencies, complete, share = keys_while_training(args.keys)
         print(f"key to screen while training ({len(latencies)} F2/F3 switches, keys and looks every 2 ms through a "
-              f"tmux control client): {spread(latencies)}; UI process {share:.0%} of a core")
-        for key, tab in (("F2", "Config"), ("F3", "Train")):
-            print(f"  {key} ({tab}): {spread(latencies[key == 'F3'::2])}")
+              f"tmux control client), UI process {share:.0%} of a core")
+        for what, seconds in (("the tab's text", latencies), ("and its keys in the footer", complete)):
+            print(f"  {what + ':':28}{spread(seconds)}")
+            for key, tab in (("F2", "Config"), ("F3", "Train")):
+                print(f"    {key} ({tab}){'':17}{spread(seconds[key == 'F3'::2])}")
         if args.keys_only:
             return 0
     if shutil.which("tmux") is None:
