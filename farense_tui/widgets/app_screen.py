@@ -63,12 +63,15 @@ class AppScreen(Screen):
         Textual's update timer's next tick. That timer keeps to a 60 Hz grid, and a tick just before (a
         progress line's repaint, say) puts the next one 17-33 ms later: some switches waited that long
         with nothing to do."""
+        if not self.input_waits:  # a key during another's turn of the loop does not start it again
+            self.input_settled = False
         self.input_waits = True
-        self.input_settled = False
 
     async def _on_idle(self, event: events.Idle) -> None:
         pending = self._layout_required or self._repaint_required or self._dirty_widgets or self._scroll_required
-        if self.input_waits and pending and self.is_current and not self.app._batch_count:
+        if self.input_settled and not pending:
+            self.input_waits = self.input_settled = False  # drawn meanwhile, or nothing to draw
+        elif self.input_waits and pending and self.is_current and not self.app._batch_count:
             event.prevent_default()  # Textual's own idle handler would wait for the timer
             if not self.input_settled:
                 # Textual tells the footer of a new focus only after the next frame, and the widgets the
