@@ -39,12 +39,7 @@ class _Compositor(Compositor):
 
 def undisplayed(widget: Widget) -> bool:
     """Whether the widget or one of its ancestors is ``display: none`` (a tab that is not the active one)."""
-    node = widget
-    while isinstance(node, Widget):
-        if not node.display:
-            return True
-        node = node.parent
-    return False
+    return not all(node.display for node in widget.ancestors_with_self if isinstance(node, Widget))
 
 
 class AppScreen(Screen):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import deque
 
 from rich.text import Text
-from textual.widget import Widget
 from textual.widgets import RichLog
 
 from farense_core import protocol as P
 
 from ..describe import describe
+from .app_screen import undisplayed
 
 MAX_LINES = 5000
 
@@ -38,17 +38,12 @@ class EventLog(RichLog):
         self.write(Text(message, style="bold red"))
 
     def write(self, content, *args, **kwargs) -> EventLog:
-        if not self.shown():
+        if undisplayed(self):  # another tab shows
             self.waiting.append((content, args, kwargs))
             return self
         if self.waiting:  # they go first (shown again before its Show event came)
             self.on_show()
         return super().write(content, *args, **kwargs)
-
-    def shown(self) -> bool:
-        """Whether the log and every container around it is displayed (a tab's pane is not while another
-        tab shows)."""
-        return all(node.display for node in self.ancestors_with_self if isinstance(node, Widget))
 
     def on_show(self) -> None:
         waiting, self.waiting = self.waiting, deque(maxlen=MAX_LINES)
