@@ -5,7 +5,8 @@ with other keys (every tab switch) it rebuilds or changes them, and the screen a
 again (9-12 ms of a busy machine's CPU per switch, on top of the tab's own layout). This footer draws the
 same keys as text on its one line: a change of keys repaints that line and nothing else. Like Textual's,
 a key is clicked to press it (a disabled one rings the bell), shows its tooltip under the pointer, the
-command palette's key sits at the right end, and a mouse wheel scrolls keys that do not fit.
+command palette's key sits at the right end, and a mouse wheel scrolls keys that do not fit. Each tab's
+line is drawn once and kept: tabs come back, and drawing the line cost ~0.85 ms of every switch's frame.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class KeyFooter(Widget):
         self.spans: list[tuple[int, int, FooterKey]] = []  # (first cell, end cell, key) as last drawn
         self.hovered: FooterKey | None = None
         self.scrolled = 0  # cells of the left-hand keys scrolled out of sight
+        self.kept: dict[tuple, tuple] = {}  # lines drawn: (keys, size, hovered, scrolled) -> what render made
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self.bindings_changed)
@@ -91,6 +93,24 @@ class KeyFooter(Widget):
             shown.append(FooterKey(palette_key, self.app.get_key_display(binding), binding.description,
                                    binding.action, enabled, binding.tooltip or binding.description, palette=True))
         return tuple(shown)
+
+    KEEP = 16  # lines kept: a tab's keys in a few states each
+
+    def _render_content(self) -> None:
+        drawn = (self.keys, self.size, self.hovered, self.scrolled)
+        kept = self.kept.get(drawn)
+        if kept is None:
+            super()._render_content()  # calls render, which sets spans and keeps scrolled within the keys
+            if len(self.kept) >= self.KEEP:
+                del self.kept[next(iter(self.kept))]
+            self.kept[drawn] = (self._render_cache, self.spans, self.scrolled)
+        else:
+            self._render_cache, self.spans, self.scrolled = kept
+            self._dirty_regions.clear()
+
+    def notify_style_update(self) -> None:
+        self.kept.clear()  # a theme or a style of its keys changed: draw again
+        super().notify_style_update()
 
     def render(self) -> Text:
         width = self.size.width

@@ -3,7 +3,8 @@ Config tab's list does not restyle its fields as it gains or loses focus, the fo
 one line (no layout of the screen), the Monitor draws only while it shows, the app keeps its long-lived
 objects out of the garbage collector's full passes and runs those passes when no key waits and none at all
 between a key and its frame, a key's frame is drawn without waiting for Textual's update timer and holds the
-tab's keys in the footer and the underline beneath it (no second frame for them), a repaint in a hidden tab
+tab's keys in the footer and the underline beneath it (no second frame for them), the widgets hear that they
+show, hide or resized after that frame, the footer draws each tab's keys once, a repaint in a hidden tab
 arranges nothing, and the tabs' underline moves at once instead of sliding."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 
 import pytest
 from textual import events
+from textual.color import Color
+from textual.widget import Widget
 from textual.widgets import Static
 from textual.widgets._tabs import Underline
 from ui_helpers import SIZE, wait_for
@@ -50,6 +53,31 @@ async def test_switching_to_the_config_tab_does_not_restyle_its_fields(app_facto
 
 def described(footer: KeyFooter) -> set[str]:
     return {k.description for k in footer.keys}
+
+
+async def test_the_settings_list_is_restyled_by_its_focus_only_where_a_rule_styles_it_so(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2", "f3")
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+        await pilot.pause()
+        settings = app.query_one("#settings")
+        bar, repaints = settings.vertical_scrollbar, []
+        refresh = bar.refresh
+        bar.refresh = lambda *a, **k: (repaints.append(1), refresh(*a, **k))[1]
+        await pilot.press("f2")
+        await pilot.pause()
+        assert app.screen.focused is settings
+        assert repaints == []  # restyling it set every rule again, and that repaints its scrollbar
+        app.stylesheet.add_source("SettingsList:focus { background: red; }", read_from=("test", "focus rule"))
+        app.refresh_css(animate=False)
+        await pilot.pause()
+        backgrounds = []
+        for key in ("f3", "f2"):
+            await pilot.press(key)
+            await pilot.pause()
+            backgrounds.append(settings.styles.background == Color.parse("red"))
+        assert backgrounds == [False, True]  # a rule that styles it by its focus is followed
 
 
 async def test_the_footer_follows_the_tab_in_its_keys_without_a_layout_of_the_screen(app_factory):
@@ -196,6 +224,54 @@ async def test_a_tab_switch_s_first_frame_has_the_tab_s_keys_and_underline(app_f
         assert not any({"KeyFooter", "Underline"} & repainted for repainted, _, _ in frames[1:])
         if tab == "config":
             assert len(frames) == 1
+
+
+async def test_widgets_hear_that_they_show_hide_or_resized_after_the_key_s_frame(app_factory, monkeypatch):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+        await pilot.press("f3")
+        await pilot.pause(0.3)
+        told = []  # in order: ("frame", None, None), or (event, widget, size) as posted
+        post, display = Widget.post_message, app._display
+
+        def posting(widget, message):
+            if isinstance(message, (events.Show, events.Hide, events.Resize)):
+                told.append((type(message).__name__, widget, getattr(message, "size", None)))
+            return post(widget, message)
+
+        monkeypatch.setattr(Widget, "post_message", posting)
+        app._display = lambda screen, update: (told.append(("frame", None, None)), display(screen, update))[1]
+        await pilot.press("f2")
+        await pilot.pause(0.3)
+        settings, start = app.query_one("#settings"), app.query_one("#start")
+        assert told[0][0] == "frame"  # Textual posted some 330 of these first, then drew the frame
+        shown = {widget for event, widget, _ in told if event == "Show"}
+        assert settings in shown and start not in shown
+        assert start in {widget for event, widget, _ in told if event == "Hide"}
+        assert ("Resize", settings, settings.size) in told  # as Textual sends it, with the size it has
+
+
+async def test_the_footer_draws_each_tab_s_keys_once(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2", "f3")
+        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+        await pilot.pause(0.3)
+        footer = app.query_one(KeyFooter)
+        drawn, render = [], footer.render
+        footer.render = lambda: (drawn.append(described(footer)), render())[1]
+        for key, description in (("f2", "Load YAML"), ("f3", "Start")) * 2:
+            await pilot.press(key)
+            await pilot.pause()
+            assert description in footer.render_line(0).text  # the kept line, on screen again
+            assert description in {key.description for _, _, key in footer.spans}  # and its keys to click
+        assert drawn == []
+        app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+        await pilot.pause(0.3)
+        footer.render_line(0)
+        assert drawn  # a new theme draws it again
 
 
 async def test_a_repaint_in_a_hidden_tab_arranges_nothing(app_factory):
