@@ -1,6 +1,6 @@
 """What a user waits for in the app: the first frame, and the first token of the first reply.
 
-    python bench/bench_ui.py [--repeats 5] [--keys 40 [--keys-only]] [--code DIR]
+    python bench/bench_ui.py [--repeats 5] [--keys 40 [--keys-only] [--poll]] [--code DIR]
 
 - First frame: ``farense-tui`` started in a 120x40 tmux session, timed until the Preflight tab is on the
   screen (the screen is read every 10 ms); then again while a spinning process per core keeps them busy.
@@ -10,8 +10,8 @@
 - With ``--keys N``, first: key to screen while the app trains the Farense config at full speed. N
   switches between the Config and Train tabs (F2/F3), each timed from the key given to tmux until the new
   tab's text is in the pane, and until the footer shows that tab's keys as well (the whole screen as the
-  switch leaves it), read every 2 ms; keys and looks go through one tmux control-mode client. And the UI
-  process's share of a core meanwhile.
+  switch leaves it), read each time the app writes to the pane (tmux's %output; ``--poll``: every 2 ms);
+  keys and looks go through one tmux control-mode client. And the UI process's share of a core meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import datetime
 import multiprocessing
 import os
 import platform
+import select
 import shutil
 import statistics
 import subprocess
@@ -50,33 +51,56 @@ class ControlClient:
     """The pane's text, and keys to it, through one tmux control-mode client (``tmux -C``): a look or a key
     costs a line on a pipe, not a tmux process (one every 2 ms took some 40% of a core, beside the app it
     measures; one per key, 3-10 ms of a busy machine before the key reached tmux, which a terminal's
-    keystroke does not wait for)."""
+    keystroke does not wait for). With ``output``, tmux also tells the client each time the app writes to
+    the pane (``%output``), so a look can wait for that instead of polling."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, output: bool = False) -> None:
         self.name = name
-        self.proc = subprocess.Popen(["tmux", "-C", "attach", "-t", name, "-f", "no-output,ignore-size"],
+        flags = "ignore-size" if output else "no-output,ignore-size"
+        self.proc = subprocess.Popen(["tmux", "-C", "attach", "-t", name, "-f", flags],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.pending = b""
+        self.written = 0  # %output notifications read and not yet waited for
         self.proc.stdin.write(b"display -p SYNC\n")
         while "SYNC" not in self._reply():  # what attaching answers comes first
             pass
+
+    def _line(self, timeout: float | None = None) -> bytes | None:
+        """The client's next line; None if none came within ``timeout`` seconds."""
+        while b"\n" not in self.pending:
+            if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise SystemExit("the tmux control client ended")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line
 
     def _reply(self) -> str:
         """The next command's output: the lines between %begin and %end (or %error)."""
         body: list[bytes] | None = None
         while True:
-            while b"\n" not in self.pending:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise SystemExit("the tmux control client ended")
-                self.pending += chunk
-            line, self.pending = self.pending.split(b"\n", 1)
+            line = self._line()
             if line.startswith(b"%begin"):
                 body = []
             elif line.startswith((b"%end", b"%error")) and body is not None:
                 return b"\n".join(body).decode("utf-8", "replace")
             elif body is not None:
                 body.append(line)
+            elif line.startswith(b"%output"):
+                self.written += 1
+
+    def wait_written(self, timeout: float) -> None:
+        """Until the app has written to the pane since the last wait (or ``timeout`` seconds pass)."""
+        deadline = time.perf_counter() + timeout
+        while not self.written:
+            line = self._line(max(0.0, deadline - time.perf_counter()))
+            if line is None:
+                return
+            if line.startswith(b"%output"):
+                self.written += 1
+        self.written = 0
 
     def __call__(self, name: str) -> str:
         self.proc.stdin.write(f"capture-pane -p -t {self.name}\n".encode())
@@ -96,10 +120,12 @@ class ControlClient:
 SWITCHES = (("F2", "Effective batch size", "^o Load YAML"), ("F3", "Runs in the checkpoints folder", "s Start p Pause"))
 
 
-def keys_while_training(samples: int) -> tuple[list[float], list[float], float]:
+def keys_while_training(samples: int, poll: bool = False) -> tuple[list[float], list[float], float]:
     """Key-to-screen latency (F2/F3 switching tabs) while the app trains the default Farense config at full
     speed: until the new tab's text is on the terminal, and until the footer shows that tab's keys too
-    (the screen complete); and the UI process's share of a core meanwhile."""
+    (the screen complete); and the UI process's share of a core meanwhile. The pane is read each time the
+    app writes to it, or with ``poll`` every 2 ms (a look then costs tmux and this script some CPU every
+    2 ms, on the cores the app and its engine share, and the time seen is up to 2 ms late)."""
     import psutil
 
     name = f"bench-keys-{os.getpid()}"
@@ -116,7 +142,7 @@ def keys_while_training(samples: int) -> tuple[list[float], list[float], float]:
         pane_pid = int(subprocess.run(["tmux", "display", "-p", "-t", name, "#{pane_pid}"], capture_output=True,
                                       text=True).stdout.strip())
         ui = psutil.Process(pane_pid)
-        look = ControlClient(name)
+        look = ControlClient(name, output=not poll)
         cpu0, wall0 = sum(ui.cpu_times()[:2]), time.perf_counter()
         latencies, complete = [], []
         for i in range(samples):
@@ -125,6 +151,8 @@ def keys_while_training(samples: int) -> tuple[list[float], list[float], float]:
             look.send(key)
             text_at = None
             while True:  # each look checks both: the tab's text, and the footer's keys with it
+                if not poll:
+                    look.wait_written(timeout=0.05)
                 screen = look(name)
                 seen = time.perf_counter()
                 if marker in screen:
@@ -133,7 +161,8 @@ def keys_while_training(samples: int) -> tuple[list[float], list[float], float]:
                         break
                 if seen - tic > 60:
                     raise SystemExit(f"{key}: {marker!r} and {keys!r} not on screen after 60 s:\n{screen}")
-                time.sleep(0.002)
+                if poll:
+                    time.sleep(0.002)
             latencies.append(text_at - tic)
             complete.append(seen - tic)
             time.sleep(0.2)
@@ -226,14 +255,17 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--keys", type=int, default=0, help="also time this many tab switches while training")
     ap.add_argument("--keys-only", action="store_true", help="with --keys: only the tab switches")
+    ap.add_argument("--poll", action="store_true", help="with --keys: read the pane every 2 ms, not each time "
+                    "the app writes to it (how this script read it until 2026-12-01)")
     ap.add_argument("--code", help="run the app from this checkout of the project (say, a worktree of the commit "
                     "before), put first on its PYTHONPATH: runs with and without it, alternating, compare the two")
     args = ap.parse_args()
     if args.code:
         CODE_ENV[:] = ["-e", f"PYTHONPATH={Path(args.code).resolve()}"]
     if args.keys:
-        latencies, complete, share = keys_while_training(args.keys)
-        print(f"key to screen while training ({len(latencies)} F2/F3 switches, keys and looks every 2 ms through a "
+        latencies, complete, share = keys_while_training(args.keys, poll=args.poll)
+        looks = "every 2 ms" if args.poll else "as the app writes"
+        print(f"key to screen while training ({len(latencies)} F2/F3 switches, keys and looks ({looks}) through a "
               f"tmux control client), UI process {share:.0%} of a core")
         for what, seconds in (("the tab's text", latencies), ("and its keys in the footer", complete)):
             print(f"  {what + ':':28}{spread(seconds)}")
