@@ -155,8 +155,8 @@ class SettingsList(VerticalScroll):
     def watch_has_focus(self, _has_focus: bool) -> None:
         sheet = self.app.stylesheet
         rules = sheet.rules_map
-        if any(self.FOCUS_CLASSES & rule.pseudo_classes for name in rules.keys() & self._selector_names
-               for rule in rules[name]):
+        names = self._selector_names | self.vertical_scrollbar._selector_names  # Textual restyles both
+        if any(self.FOCUS_CLASSES & rule.pseudo_classes for name in rules.keys() & names for rule in rules[name]):
             sheet.update_nodes([self], animate=True)
 
 

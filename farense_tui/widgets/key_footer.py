@@ -60,7 +60,7 @@ class KeyFooter(Widget):
         self.spans: list[tuple[int, int, FooterKey]] = []  # (first cell, end cell, key) as last drawn
         self.hovered: FooterKey | None = None
         self.scrolled = 0  # cells of the left-hand keys scrolled out of sight
-        self.kept: dict[tuple, tuple] = {}  # lines drawn: (keys, size, hovered, scrolled) -> what render made
+        self.kept: dict[tuple, tuple] = {}  # lines drawn, by what they are drawn from -> what render made
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self.bindings_changed)
@@ -97,15 +97,19 @@ class KeyFooter(Widget):
     KEEP = 16  # lines kept: a tab's keys in a few states each
 
     def _render_content(self) -> None:
-        drawn = (self.keys, self.size, self.hovered, self.scrolled)
+        # what the line is drawn from: its keys and their state, its size, its own style (inline styles
+        # change it without a style update) and its keys' styles (Textual replaces them when they change)
+        components = tuple(self._component_styles.values())
+        drawn = (self.keys, self.size, self.hovered, self.scrolled, self.visual_style, tuple(map(id, components)))
         kept = self.kept.get(drawn)
         if kept is None:
             super()._render_content()  # calls render, which sets spans and keeps scrolled within the keys
             if len(self.kept) >= self.KEEP:
                 del self.kept[next(iter(self.kept))]
-            self.kept[drawn] = (self._render_cache, self.spans, self.scrolled)
+            # the keys' styles are kept alive with the line, so that their ids stay theirs
+            self.kept[drawn] = (self._render_cache, self.spans, self.scrolled, components)
         else:
-            self._render_cache, self.spans, self.scrolled = kept
+            self._render_cache, self.spans, self.scrolled, _ = kept
             self._dirty_regions.clear()
 
     def notify_style_update(self) -> None:

@@ -242,11 +242,13 @@ async def test_widgets_hear_that_they_show_hide_or_resized_after_the_key_s_frame
             return post(widget, message)
 
         monkeypatch.setattr(Widget, "post_message", posting)
-        app._display = lambda screen, update: (told.append(("frame", None, None)), display(screen, update))[1]
+        settings, start = app.query_one("#settings"), app.query_one("#start")
+        frame = lambda: ("frame", settings in app.screen._compositor.visible_widgets, None)  # noqa: E731
+        app._display = lambda screen, update: (told.append(frame()), display(screen, update))[1]
         await pilot.press("f2")
         await pilot.pause(0.3)
-        settings, start = app.query_one("#settings"), app.query_one("#start")
-        assert told[0][0] == "frame"  # Textual posted some 330 of these first, then drew the frame
+        first = told.index(("frame", True, None))  # the first frame that shows the Config tab
+        assert all(event == "frame" for event, _, _ in told[:first])  # Textual posted some 330 events first
         shown = {widget for event, widget, _ in told if event == "Show"}
         assert settings in shown and start not in shown
         assert start in {widget for event, widget, _ in told if event == "Hide"}
@@ -268,10 +270,13 @@ async def test_the_footer_draws_each_tab_s_keys_once(app_factory):
             assert description in footer.render_line(0).text  # the kept line, on screen again
             assert description in {key.description for _, _, key in footer.spans}  # and its keys to click
         assert drawn == []
+        footer.styles.background = "red"  # an inline style: Textual tells the widget of no style update
+        await pilot.pause()
+        assert list(footer.render_line(0))[-1].style.bgcolor.triplet == (255, 0, 0) and len(drawn) == 1
         app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
         await pilot.pause(0.3)
         footer.render_line(0)
-        assert drawn  # a new theme draws it again
+        assert len(drawn) == 2  # a new theme draws it again
 
 
 async def test_a_repaint_in_a_hidden_tab_arranges_nothing(app_factory):
