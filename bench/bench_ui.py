@@ -104,7 +104,17 @@ class ControlClient:
 
     def __call__(self, name: str) -> str:
         self.proc.stdin.write(f"capture-pane -p -t {self.name}\n".encode())
-        return self._reply()
+        screen = self._reply()
+        self.written = 0  # what was written before the capture ran is in it
+        return screen
+
+    def drain(self, seconds: float) -> None:
+        """Read what tmux tells for ``seconds`` (a pause between keys): a control client that stops reading
+        makes tmux stop reading the app's output once the pipe is full, and the app waits to write."""
+        deadline = time.perf_counter() + seconds
+        while (left := deadline - time.perf_counter()) > 0:
+            self._line(left)  # no command waits for its reply meanwhile: these are notifications
+        self.written = 0
 
     def send(self, key: str) -> None:
         """A key to the pane, as tmux's ``send-keys``; returns once tmux has taken it."""
@@ -113,6 +123,8 @@ class ControlClient:
 
     def close(self) -> None:
         self.proc.stdin.close()
+        while os.read(self.proc.stdout.fileno(), 65536):  # what tmux still has for it, to its end
+            pass
         self.proc.wait(5)
 
 
@@ -165,7 +177,10 @@ def keys_while_training(samples: int, poll: bool = False) -> tuple[list[float], 
                     time.sleep(0.002)
             latencies.append(text_at - tic)
             complete.append(seen - tic)
-            time.sleep(0.2)
+            if poll:
+                time.sleep(0.2)
+            else:
+                look.drain(0.2)
         share = (sum(ui.cpu_times()[:2]) - cpu0) / (time.perf_counter() - wall0)
         look.close()
         subprocess.run(["tmux", "send-keys", "-t", name, "x"])
