@@ -268,7 +268,7 @@ async def test_the_footer_draws_each_tab_s_keys_once(app_factory):
             await pilot.press(key)
             await pilot.pause()
             assert description in footer.render_line(0).text  # the kept line, on screen again
-            assert description in {key.description for _, _, key in footer.spans}  # and its keys to click
+            assert description in {k.description for _, _, k in footer.spans}  # and its keys to click
         assert drawn == []
         footer.styles.background = "red"  # an inline style: Textual tells the widget of no style update
         await pilot.pause()
