@@ -27,13 +27,18 @@ from farense_tui.widgets.key_footer import KeyFooter
 pytestmark = pytest.mark.slow  # a Textual app per test
 
 
+async def each_tab_seen(app, pilot, last: str = "f3") -> None:
+    """F2 and F3 pressed once each, ``last`` last: the Config tab's first sight builds its fields, which the
+    switches a test times come after."""
+    await pilot.press("f3" if last == "f2" else "f2", last)
+    await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
+    await pilot.pause(0.3)
+
+
 async def test_switching_to_the_config_tab_does_not_restyle_its_fields(app_factory, monkeypatch):
     app = app_factory()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f2")
-        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
-        await pilot.press("f3")
-        await pilot.pause()
+        await each_tab_seen(app, pilot)
         restyled = []
         update_nodes = app.stylesheet.update_nodes
 
@@ -58,9 +63,7 @@ def described(footer: KeyFooter) -> set[str]:
 async def test_the_settings_list_is_restyled_by_its_focus_only_where_a_rule_styles_it_so(app_factory):
     app = app_factory()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f2", "f3")
-        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
-        await pilot.pause()
+        await each_tab_seen(app, pilot)
         settings = app.query_one("#settings")
         bar, repaints = settings.vertical_scrollbar, []
         refresh = bar.refresh
@@ -200,10 +203,7 @@ async def test_a_key_s_frame_does_not_wait_for_the_update_timer(app_factory):
 async def test_a_tab_switch_s_first_frame_has_the_tab_s_keys_and_underline(app_factory, key, tab, footer_key):
     app = app_factory()
     async with app.run_test(size=SIZE) as pilot:
-        other = "f3" if key == "f2" else "f2"
-        await pilot.press(key, other)  # each tab seen once (the Config tab's first sight builds its fields)
-        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
-        await pilot.pause(0.3)
+        await each_tab_seen(app, pilot, last="f3" if key == "f2" else "f2")
         screen, footer, underline = app.screen, app.query_one(KeyFooter), app.query_one(Underline)
         frames = []  # per frame: the widgets it repainted, the footer's keys, the underline's place
         refresh = screen._compositor_refresh
@@ -229,10 +229,7 @@ async def test_a_tab_switch_s_first_frame_has_the_tab_s_keys_and_underline(app_f
 async def test_widgets_hear_that_they_show_hide_or_resized_after_the_key_s_frame(app_factory, monkeypatch):
     app = app_factory()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f2")
-        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
-        await pilot.press("f3")
-        await pilot.pause(0.3)
+        await each_tab_seen(app, pilot)
         told = []  # in order: ("frame", None, None), or (event, widget, size) as posted
         post, display = Widget.post_message, app._display
 
@@ -258,9 +255,7 @@ async def test_widgets_hear_that_they_show_hide_or_resized_after_the_key_s_frame
 async def test_the_footer_draws_each_tab_s_keys_once(app_factory):
     app = app_factory()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f2", "f3")
-        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
-        await pilot.pause(0.3)
+        await each_tab_seen(app, pilot)
         footer = app.query_one(KeyFooter)
         drawn, render = [], footer.render
         footer.render = lambda: (drawn.append(described(footer)), render())[1]
@@ -282,9 +277,7 @@ async def test_the_footer_draws_each_tab_s_keys_once(app_factory):
 async def test_a_repaint_in_a_hidden_tab_arranges_nothing(app_factory):
     app = app_factory()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f3", "f2")
-        await wait_for(pilot, lambda: app.config_tab.fields_mounted, "the Config tab's fields")
-        await pilot.pause(0.3)
+        await each_tab_seen(app, pilot, last="f2")
         compositor = app.screen._compositor
         arranged, arrange = [], compositor._arrange_root
         compositor._arrange_root = lambda *a, **k: (arranged.append(1), arrange(*a, **k))[1]
